@@ -1,0 +1,44 @@
+# ifss workflow: raw data -> runs -> the papers' tables.
+#
+#   snakemake --cores all                                          # the embedded synthetic demo
+#   snakemake --cores all --configfile config/papers/pifs_voc.yaml # a paper matrix (local GPUs:
+#                                                                  #   add --resources gpu=N)
+#   snakemake --workflow-profile workflow/profiles/slurm --configfile ...   # on SLURM
+#   snakemake ... results/tables/pifs_voc.csv                      # one table
+#   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
+#
+# The default config is read only when no --configfile is given, so a paper config is never
+# mixed with the demo's matrix (several --configfile files are merged with each other).
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+wildcard_constraints:
+    dataset=r"[a-z][a-z0-9_]*",
+    task=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method=r"[A-Za-z][A-Za-z0-9_]*",
+    base=r"[A-Za-z][A-Za-z0-9_]*",
+    nshot=r"\d+",
+    ishot=r"\d+",
+    step=r"\d+",
+    table=r"(?!.*_(?:runs|per_class)$)[A-Za-z0-9][A-Za-z0-9_.-]*",
+    name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/weights.smk"
+include: "rules/train.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+    localrule: True

@@ -1,0 +1,5 @@
+import sys
+
+from ifss.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""`ifss train|eval|synth|splits|download|weights|convert-coco` — parse, call, report errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ifss.errors import IfssError
+
+
+def _train(args) -> None:
+    from ifss.config import build_config
+    from ifss.run import train_run
+
+    overrides = list(args.set or [])
+    if args.previous:
+        overrides.append(f"previous={args.previous}")
+    cfg = build_config(args.config, overrides)
+    out = args.out or default_run_dir(cfg)
+    train_run(cfg, out)
+
+
+def default_run_dir(cfg) -> Path:
+    """The workflow's layout, under ./results (the workflow always passes --out)."""
+    base = Path("results/runs") / cfg.dataset / cfg.task
+    if cfg.step == 0:
+        return base / "step0" / cfg.method
+    return base / cfg.method / f"s{cfg.nshot}-i{cfg.ishot}" / f"step{cfg.step}"
+
+
+def _eval(args) -> None:
+    from ifss.config import parse_overrides
+    from ifss.run import eval_run
+
+    out = args.out or Path(args.checkpoint).parent / "eval"
+    eval_run(args.checkpoint, parse_overrides(args.set or []), out)
+
+
+def _synth(args) -> None:
+    from ifss.data.synthetic import generate
+
+    generate(args.out, seed=args.seed, n_train=args.train, n_val=args.val, size=args.size)
+
+
+def _splits(args) -> None:
+    from ifss.data.index import write_index
+    from ifss.data.layout import layout_for
+    from ifss.tasks import DATASET_LABEL_SPACE
+
+    if args.dataset not in DATASET_LABEL_SPACE:
+        raise IfssError(f"unknown dataset {args.dataset!r}; valid: {', '.join(DATASET_LABEL_SPACE)}")
+    layout = layout_for(args.dataset, args.root)
+    layout.check()
+    write_index(args.out, layout, "train", DATASET_LABEL_SPACE[args.dataset])
+
+
+def _download(args) -> None:
+    from ifss.data.prepare import fetch_dataset
+
+    fetch_dataset(args.dataset, Path(args.root), mirror=args.mirror, coco_source=args.coco_source)
+
+
+def _convert_coco(args) -> None:
+    from ifss.data.prepare import prepare_coco
+
+    prepare_coco(Path(args.raw), Path(args.out), source=args.source)
+
+
+def _weights(args) -> None:
+    from ifss.models.pretrained import fetch_weights
+
+    print(fetch_weights(args.name, Path(args.dest), mirror=args.mirror))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ifss", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate one step of one run")
+    t.add_argument("--config", help="run config YAML (every key has a default)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--previous", help="model.pt of the previous step (same as --set previous=)")
+    t.add_argument("--out", help="run directory (default: results/runs/...)")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved model.pt on its task's test set")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--set", action="append", metavar="KEY=VALUE")
+    e.add_argument("--out", help="directory for metrics.json (default: beside the checkpoint)")
+    e.set_defaults(func=_eval)
+
+    s = sub.add_parser("synth", help="generate the synthetic benchmark (VOC layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train", type=int, default=1600, help="train images")
+    s.add_argument("--val", type=int, default=320, help="val images")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.set_defaults(func=_synth)
+
+    x = sub.add_parser("splits", help="index which classes each train image holds")
+    x.add_argument("--dataset", required=True)
+    x.add_argument("--root", required=True)
+    x.add_argument("--out", required=True, help="JSON file (use as data.class_index)")
+    x.set_defaults(func=_splits)
+
+    d = sub.add_parser("download", help="download (checksummed), extract and prepare a dataset")
+    d.add_argument("dataset", choices=["voc", "coco"])
+    d.add_argument("--root", required=True)
+    d.add_argument("--mirror", help="replace scheme and host of every URL (local mirror)")
+    d.add_argument("--coco-source", default="instances", choices=["instances", "stuffthingmaps"])
+    d.set_defaults(func=_download)
+
+    c = sub.add_parser("convert-coco", help="COCO instances / COCO-stuff maps -> object labels")
+    c.add_argument("--raw", required=True, help="folder with the extracted COCO downloads")
+    c.add_argument("--out", required=True)
+    c.add_argument("--source", default="instances", choices=["instances", "stuffthingmaps"])
+    c.set_defaults(func=_convert_coco)
+
+    w = sub.add_parser("weights", help="fetch ImageNet weights for a backbone")
+    w.add_argument("name")
+    w.add_argument("--dest", required=True)
+    w.add_argument("--mirror")
+    w.set_defaults(func=_weights)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except IfssError as err:
+        print(f"ifss: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ifss: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed run configuration: dataclasses with a default for every key, YAML in and out.
+
+Overrides are dotted keys (``train.lr=0.001``); an unknown key is an error that names it. Values
+that other values determine (the ASPP test pooling window) are resolved once, explicitly, and the
+resolved config is what a run saves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ifss.errors import IfssError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"  # dataset root (VOC devkit layout, converted COCO layout)
+    class_index: str = ""  # JSON from `ifss splits` ('' = cached beside the data)
+    fewshot_lists: str = ""  # optional TSV of per-class image ids (PIFS exact protocol)
+    fewshot_stride: int = 20  # split `ishot` takes images [ishot*stride, ishot*stride+nshot)
+    crop_size: int = 64
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    batch_size: int = 16
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet50 | resnet101
+    output_stride: int = 16  # 16 or 8
+    norm: str = "bn"  # bn | iabn (needs inplace-abn)
+    activation: str = "relu"  # relu | leaky_relu (InPlace-ABN checkpoints use leaky_relu 0.01)
+    head_channels: int = 64  # DeepLab-v3 ASPP width (256 in the papers)
+    pooling: bool = True  # ASPP image-pooling branch
+    pooling_size: int = 0  # test-time pooling window; 0 = crop_size // output_stride
+    pretrained: str = ""  # ImageNet weights file for the body ('' = random init)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 0  # > 0 fixes the iteration count; else epochs x batches per epoch
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    lr_power: float = 0.9  # poly schedule
+    lr_head: float = 1.0  # multiplier of lr for the head
+    lr_cls: float = 1.0  # multiplier of lr for the classifier
+    checkpoint_every: int = 100  # iterations between resume checkpoints (0 = never)
+    log_every: int = 10
+    amp: str = "bf16"  # bf16 | fp16 | none; autocast on CUDA only
+    channels_last: bool = True  # CUDA only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "synthetic"  # synthetic | voc | coco
+    task: str = "5-0"
+    step: int = 0
+    nshot: int = 5
+    ishot: int = 0
+    method: str = "FT"
+    seed: int = 42
+    previous: str = ""  # model.pt of step - 1 (required for step > 0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    params: dict = field(default_factory=dict)  # the method's own hyper-parameters
+
+    def resolved(self) -> "RunConfig":
+        """A copy with the derived values written out."""
+        cfg = dataclasses.replace(self, model=dataclasses.replace(self.model))
+        if cfg.model.pooling_size <= 0:
+            cfg.model.pooling_size = max(1, round(cfg.data.crop_size / cfg.model.output_stride))
+        return cfg
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise IfssError(f"config key {key!r} is a section; give it a mapping, not {value!r}")
+        return from_dict(typ, value, prefix=f"{key}.")
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if typ is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise IfssError(f"config key {key!r} needs a mapping, got {value!r}")
+        return dict(value)
+    if typ is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise IfssError(f"config key {key!r} needs a list, got {value!r}")
+        return list(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise IfssError(f"config key {key!r} needs true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise IfssError(f"config key {key!r} needs an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise IfssError(f"config key {key!r} needs a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise IfssError(f"config key {key!r} needs a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def unknown_key_error(key: str, valid: typing.Iterable[str]) -> IfssError:
+    valid = sorted(valid)
+    leaf = {v.rsplit(".", 1)[-1]: v for v in valid}
+    close = [leaf[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], leaf, n=3)]
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
+    return IfssError(f"unknown config key {key!r}{hint}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a (possibly partial) mapping; unknown keys are errors."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in types_:
+            raise unknown_key_error(prefix + key, [prefix + k for k in types_])
+        kwargs[key] = _coerce(value, types_[key], prefix + key)
+    return dataclasses.replace(cls(), **kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["train.lr=0.1", "task=5-0"]` -> nested dict with YAML-typed values."""
+    nested: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise IfssError(f"override {pair!r} is not of the form key=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise IfssError(f"override {pair!r} sets a key inside the value {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise IfssError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise IfssError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise IfssError(f"config file {str(path)!r} must hold a mapping of keys")
+    return data
+
+
+def build_config(config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data = load_yaml(config_file) if config_file else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return from_dict(RunConfig, data)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

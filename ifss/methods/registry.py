@@ -1,0 +1,49 @@
+"""Which methods exist, which step-0 run each starts from, which classifier it uses.
+
+Plain data, importable without torch, so the workflow can build its DAG from it quickly. The
+method classes are imported only when a run asks for one.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+
+from ifss.errors import IfssError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    module: str  # module holding the class
+    cls: str
+    base: str  # the step-0 method whose run this method's step 1 starts from
+    classifier: str  # linear | cosine
+    step0: bool = False  # True: this method also trains a step-0 model (a base for others)
+    step0_from: str | None = None  # a step-0 method whose step-0 run this one's step 0 starts from
+
+
+METHODS: dict[str, MethodInfo] = {
+    info.name: info
+    for info in (
+        MethodInfo("FT", "ifss.methods.finetune", "FineTuning", "FT", "linear", step0=True),
+        MethodInfo("COS", "ifss.methods.finetune", "FineTuning", "COS", "cosine", step0=True),
+    )
+}
+
+
+def method_info(name: str) -> MethodInfo:
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise IfssError(f"unknown method {name!r}{hint}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def base_methods() -> list[str]:
+    return [m.name for m in METHODS.values() if m.step0]
+
+
+def get_method_class(name: str):
+    info = method_info(name)
+    return getattr(importlib.import_module(info.module), info.cls)

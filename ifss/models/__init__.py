@@ -1,0 +1,50 @@
+"""Models: ResNet body -> DeepLab-v3 ASPP head -> incremental classifier.
+
+`build_model(cfg.model, classes_per_step, classifier="cosine")` is the one entry point; the parts
+take explicit arguments and never read a config.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ifss.config import ModelConfig
+from ifss.errors import IfssError
+from ifss.models.classifiers import (CLASSIFIERS, CosineClassifier, IncrementalClassifier,
+                                     LinearClassifier)
+from ifss.models.heads import ASPP
+from ifss.models.norm import NORMS, NormAct, SyncNormAct, convert_sync_norm, norm_factory
+from ifss.models.pretrained import IMAGENET_WEIGHTS, fetch_weights, load_imagenet
+from ifss.models.resnet import BACKBONES, ResNetBody, build_body
+from ifss.models.segmenter import SegmentationModel
+
+__all__ = [
+    "ASPP", "BACKBONES", "CLASSIFIERS", "CosineClassifier", "IMAGENET_WEIGHTS",
+    "IncrementalClassifier", "LinearClassifier", "NORMS", "NormAct", "ResNetBody",
+    "SegmentationModel", "SyncNormAct", "build_body", "build_classifier", "build_model",
+    "convert_sync_norm", "fetch_weights", "load_imagenet", "norm_factory",
+]
+
+
+def build_classifier(kind: str, in_channels: int, classes_per_step: Sequence[int],
+                     cosine_scale: float = 10.0) -> IncrementalClassifier:
+    if kind not in CLASSIFIERS:
+        raise IfssError(f"classifier {kind!r} is not known; valid values: {', '.join(CLASSIFIERS)}")
+    if kind == "cosine":
+        return CosineClassifier(in_channels, classes_per_step, scale=cosine_scale)
+    return CLASSIFIERS[kind](in_channels, classes_per_step)
+
+
+def build_model(cfg: ModelConfig, classes_per_step: list[int], classifier: str = "linear",
+                cosine_scale: float = 10.0) -> SegmentationModel:
+    """The model of `cfg` with one classifier step per entry of `classes_per_step`.
+
+    `cfg.pooling_size` must already be resolved (RunConfig.resolved()); 0 pools globally at eval.
+    """
+    norm = norm_factory(cfg.norm, cfg.activation)
+    body = build_body(cfg.backbone, cfg.output_stride, norm)
+    if cfg.pretrained:
+        load_imagenet(body, cfg.pretrained)
+    head = ASPP(body.out_channels, cfg.head_channels, cfg.head_channels, cfg.output_stride,
+                norm, pooling=cfg.pooling, pooling_size=cfg.pooling_size)
+    cls = build_classifier(classifier, cfg.head_channels, classes_per_step, cosine_scale)
+    return SegmentationModel(body, head, cls)

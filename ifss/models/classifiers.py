@@ -1,0 +1,97 @@
+"""Incremental classifiers: one group of output channels per learning step, concatenated.
+
+Step k owns channels `step_slice(k)` of the logits. A subclass says how one step turns features
+into logits (`step_logits`) and how a step's parameters are made (`make_step`); a classifier
+without trainable parameters (fixed embeddings) overrides `add_step` to register buffers instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ifss.errors import IfssError
+
+
+class IncrementalClassifier(nn.Module):
+    def __init__(self, in_channels: int, classes_per_step: Sequence[int]):
+        super().__init__()
+        self.in_channels = in_channels
+        self.classes_per_step: list[int] = []
+        self.convs = nn.ModuleList()
+        if not classes_per_step:
+            raise IfssError("a classifier needs at least one step of classes")
+        for n in classes_per_step:
+            self.add_step(n)
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.classes_per_step)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.classes_per_step)
+
+    def step_slice(self, step: int) -> slice:
+        step = range(self.num_steps)[step]  # accepts -1; IndexError past the end
+        start = sum(self.classes_per_step[:step])
+        return slice(start, start + self.classes_per_step[step])
+
+    def make_step(self, n: int) -> nn.Module:
+        raise NotImplementedError
+
+    def add_step(self, n: int) -> nn.Module:
+        """Append a step of `n` classes (on the device and dtype of the existing ones)."""
+        if n < 1:
+            raise IfssError(f"a classifier step needs at least one class, got {n}")
+        conv = self.make_step(n)
+        if len(self.convs):
+            ref = self.convs[0].weight
+            conv = conv.to(device=ref.device, dtype=ref.dtype)
+        self.convs.append(conv)
+        self.classes_per_step.append(n)
+        return conv
+
+    def step_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        return self.convs[step](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.step_logits(k, x) for k in range(self.num_steps)], dim=1)
+
+
+class LinearClassifier(IncrementalClassifier):
+    """1x1 convolutions with bias (PyTorch's default init)."""
+
+    def make_step(self, n: int) -> nn.Module:
+        return nn.Conv2d(self.in_channels, n, 1, bias=True)
+
+
+class CosineClassifier(IncrementalClassifier):
+    """logits = scale * <x / |x|, w / |w|> per pixel; no bias."""
+
+    def __init__(self, in_channels: int, classes_per_step: Sequence[int], scale: float = 10.0):
+        super().__init__(in_channels, classes_per_step)
+        self.scale = scale
+
+    def make_step(self, n: int) -> nn.Module:
+        return nn.Conv2d(self.in_channels, n, 1, bias=False)
+
+    def step_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        weight = F.normalize(self.convs[step].weight, dim=1)
+        return self.scale * F.conv2d(F.normalize(x, dim=1), weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x, dim=1)  # once for all steps
+        weight = torch.cat([F.normalize(conv.weight, dim=1) for conv in self.convs])
+        return self.scale * F.conv2d(x, weight)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+CLASSIFIERS: dict[str, type[IncrementalClassifier]] = {
+    "linear": LinearClassifier,
+    "cosine": CosineClassifier,
+}

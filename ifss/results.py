@@ -1,0 +1,203 @@
+"""Tables from metrics.json files: the papers' layout, every run, and per-class IoU.
+
+A table reads one metrics.json per run (the last step of its task) and has one row per method and,
+per setting (SS: single-step tasks; MS: multi-step tasks) and shot, the mean and the sample
+standard deviation (ddof=1) over folds and few-shot splits of mIoU-B, mIoU-N and HM, in percent.
+
+HM convention: the table's HM is 2·B·N/(B+N) of the MEAN B and MEAN N of its cell, as in the PIFS
+tables (their HM equals that of their B and N columns within rounding); its std is the spread of
+the per-run HM values (2·b·n/(b+n) of each run, also in the runs table). The two differ: the mean
+of per-run HMs is never above the HM of the means.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ifss.atomic import write_text
+from ifss.errors import IfssError
+
+METRICS = ("mIoU-B", "mIoU-N", "HM")
+SETTINGS = ("SS", "MS")
+RUN_KEYS = ("dataset", "task", "method", "base_method", "step", "num_steps", "nshot", "ishot")
+
+
+def harmonic_mean(base: float | None, novel: float | None) -> float | None:
+    """2·B·N/(B+N); 0 when both are 0, None when either is undefined."""
+    if base is None or novel is None or _isnan(base) or _isnan(novel):
+        return None
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def setting_of(num_steps: int) -> str:
+    """SS for a task with one incremental step, MS for several (the PIFS naming)."""
+    return "MS" if num_steps > 2 else "SS"
+
+
+def load_metrics(paths: Iterable[str | Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise IfssError(f"metrics file {path} cannot be read ({err}); rerun its job") from None
+        missing = [k for k in RUN_KEYS + ("miou_base", "miou_novel") if k not in record]
+        if missing:
+            raise IfssError(f"metrics file {path} lacks {', '.join(missing)}; rerun its job")
+        record["_path"] = str(path)
+        records.append(record)
+    return records
+
+
+def _pct(value):
+    return None if value is None else 100.0 * value
+
+
+def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run; IoUs in percent; HM per run."""
+    rows = []
+    for r in records:
+        rows.append({
+            "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
+            "method": r["method"], "base_method": r["base_method"], "nshot": r["nshot"],
+            "ishot": r["ishot"], "step": r["step"], "num_steps": r["num_steps"],
+            "mIoU-B": _pct(r["miou_base"]), "mIoU-N": _pct(r["miou_novel"]),
+            "mIoU-all": _pct(r.get("miou_all")),
+            "HM": _pct(harmonic_mean(r["miou_base"], r["miou_novel"])),
+            "pixel_accuracy": _pct(r.get("pixel_accuracy")),
+            "seed": r.get("seed"), "iterations": r.get("iterations"),
+            "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "metrics": r["_path"],
+        })
+    frame = pd.DataFrame(rows, columns=[
+        "dataset", "task", "setting", "method", "base_method", "nshot", "ishot", "step",
+        "num_steps", "mIoU-B", "mIoU-N", "mIoU-all", "HM", "pixel_accuracy", "seed",
+        "iterations", "wall_time_s", "device", "metrics",
+    ])
+    for col in ("mIoU-B", "mIoU-N", "mIoU-all", "HM", "pixel_accuracy"):
+        frame[col] = frame[col].astype(float)
+    return frame.sort_values(["setting", "method", "nshot", "task", "ishot"], kind="stable",
+                             ignore_index=True)
+
+
+def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per (run, class): IoU in percent (empty when the class is absent from the test set)."""
+    rows = []
+    for r in records:
+        ious = r.get("iou") or []
+        names = r.get("classes") or [None] * len(ious)
+        ids = r.get("class_ids") or [None] * len(ious)
+        num_base = r.get("num_base", len(ious))
+        for index, (name, class_id, iou) in enumerate(zip(names, ids, ious)):
+            rows.append({
+                "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
+                "method": r["method"], "nshot": r["nshot"], "ishot": r["ishot"], "step": r["step"],
+                "class_index": index, "class_id": class_id, "class": name,
+                "novel": index >= num_base, "IoU": _pct(iou),
+            })
+    frame = pd.DataFrame(rows, columns=[
+        "dataset", "task", "setting", "method", "nshot", "ishot", "step", "class_index",
+        "class_id", "class", "novel", "IoU",
+    ])
+    frame["IoU"] = frame["IoU"].astype(float)
+    return frame
+
+
+def summary_frame(runs: pd.DataFrame, methods: Sequence[str] | None = None,
+                  shots: Sequence[int] | None = None) -> pd.DataFrame:
+    """Rows = methods; columns = (setting, shot, metric, stat) with stat in mean/std and, per
+    (setting, shot), the run count n. Values in percent, unrounded."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(runs["method"]))
+    shots = sorted(shots if shots is not None else runs["nshot"].unique())
+    columns, data = [], {}
+    for setting in SETTINGS:
+        for nshot in shots:
+            cell = runs[(runs["setting"] == setting) & (runs["nshot"] == nshot)]
+            if cell.empty:
+                continue
+            groups = cell.groupby("method")
+            mean, std = groups[["mIoU-B", "mIoU-N", "HM"]].mean(), groups[["mIoU-B", "mIoU-N", "HM"]].std()
+            count = groups.size()
+            for metric in METRICS:
+                for stat in ("mean", "std"):
+                    columns.append((setting, nshot, metric, stat))
+                    if metric == "HM" and stat == "mean":
+                        values = {m: harmonic_mean(mean.at[m, "mIoU-B"], mean.at[m, "mIoU-N"])
+                                  for m in mean.index}
+                    else:
+                        values = (mean if stat == "mean" else std)[metric].to_dict()
+                    data[columns[-1]] = [values.get(m) for m in methods]
+            columns.append((setting, nshot, "n", ""))
+            data[columns[-1]] = [int(count.get(m, 0)) for m in methods]
+    frame = pd.DataFrame(data, index=pd.Index(methods, name="method"), columns=columns)
+    frame.columns = pd.MultiIndex.from_tuples(columns, names=["setting", "shot", "metric", "stat"])
+    present = frame.xs("n", axis=1, level="metric").sum(axis=1) > 0 if len(columns) else []
+    return frame[present] if len(columns) else frame
+
+
+def _flat_name(setting, shot, metric, stat) -> str:
+    return f"{setting} {shot}-shot {metric}" + (f" {stat}" if stat else "")
+
+
+def summary_csv(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table with one header row: `SS 1-shot mIoU-B mean`, `... std`, `SS 1-shot n`; values
+    rounded to one decimal like the papers."""
+    flat = summary.copy()
+    flat.columns = [_flat_name(*c) for c in summary.columns]
+    for col, key in zip(flat.columns, summary.columns):
+        if key[2] == "n":
+            flat[col] = flat[col].astype(int)
+        else:
+            flat[col] = flat[col].astype(float).round(1)
+    return flat.reset_index()
+
+
+def _fmt(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
+    """A markdown table, cells "60.9 ± 1.2", with a note on what the numbers are."""
+    cells = [(s, k) for s, k, m, _ in summary.columns if m == "n"]
+    header = ["Method"] + [f"{s} {k}-shot {m}" for s, k in cells for m in METRICS]
+    lines = []
+    if title:
+        lines += [f"## {title}", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
+    for method, row in summary.iterrows():
+        values = [_fmt(row[(s, k, m, "mean")], row[(s, k, m, "std")]) for s, k in cells for m in METRICS]
+        lines.append("| " + " | ".join([str(method)] + values) + " |")
+    counts = sorted({int(v) for s, k in cells for v in summary[(s, k, "n", "")] if v})
+    lines += [
+        "",
+        "mIoU in percent, mean ± sample std over folds and few-shot splits "
+        f"({'/'.join(map(str, counts)) or 0} runs per cell); mIoU-B includes background; "
+        "HM = 2·B·N/(B+N) of the mean B and N (its ± is the spread of per-run HM); "
+        "MS = after the last step of the multi-step tasks.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(metrics_paths: Iterable[str | Path], csv: str | Path, md: str | Path,
+                 runs_csv: str | Path, per_class_csv: str | Path,
+                 methods: Sequence[str] | None = None, shots: Sequence[int] | None = None,
+                 title: str = "") -> pd.DataFrame:
+    """Read the runs and write the four table files (each written whole, then renamed)."""
+    records = load_metrics(metrics_paths)
+    runs = runs_frame(records)
+    summary = summary_frame(runs, methods, shots)
+    write_text(csv, summary_csv(summary).to_csv(index=False))
+    write_text(md, summary_markdown(summary, title))
+    write_text(runs_csv, runs.to_csv(index=False, float_format="%.4f"))
+    write_text(per_class_csv, per_class_frame(records).to_csv(index=False, float_format="%.4f"))
+    return summary

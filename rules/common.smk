@@ -1,0 +1,400 @@
+# Config helpers: validate the experiment matrix, turn it into run settings and target paths.
+#
+# Everything here runs while Snakemake builds the DAG, so it stays torch-free and cheap: the method
+# registry, the task table and the run-config dataclasses of `ifss` are plain Python.
+
+import difflib
+import functools
+import json
+import os
+import shlex
+import sys
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+# The checkout's package comes first, and jobs find the `ifss` command of the Python that runs
+# Snakemake even when its venv is not activated (a conda env, when used, is put in front of it).
+sys.path.insert(0, workflow.basedir)
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.setdefault("IFSS_ROOT", workflow.basedir)  # envs/ifss.yaml installs the checkout from it
+
+import ifss.config as runconfig
+from ifss.errors import IfssError
+from ifss.methods.registry import METHODS
+from ifss.tasks import get_task, task_names
+
+# Methods of the papers' tables that the config may name before their code is registered: they
+# validate, are announced in one warning line and are left out of the DAG until registered.
+PLANNED_METHODS = ("FT", "COS", "WI", "DWI", "RT", "AMP", "SPN", "LWF", "ILT", "MIB", "PIFS", "MCLOS")
+# Run-config keys the workflow sets itself, per run; a config fragment may not set them.
+WORKFLOW_KEYS = (
+    "dataset", "task", "step", "nshot", "ishot", "method", "previous",
+    "data.root", "data.class_index", "model.pretrained",
+)
+SETTINGS = ("SS", "MS")
+STAGES = ("step0", "fewshot")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _schema_error_message(err) -> str:
+    """One sentence for a jsonschema ValidationError: the config key, what is wrong, the fix."""
+    from jsonschema.exceptions import best_match
+
+    if err.context:  # oneOf / anyOf: the branch that came closest says most
+        err = best_match(err.context)
+    path = ".".join(str(p) for p in err.absolute_path)
+    where = f"config key {path!r}" if path else "the config"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        names = ", ".join(repr(f"{path}.{k}" if path else k) for k in extra)
+        hints = [m for k in extra for m in difflib.get_close_matches(k, allowed, n=1)]
+        hint = f"did you mean {', '.join(hints)}? " if hints else ""
+        return f"unknown config key {names}; {hint}valid keys here: {', '.join(allowed)}"
+    if err.validator == "propertyNames":
+        return f"{where}: name {err.instance!r} is not allowed ({err.message})"
+    return f"{where}: {err.message}"
+
+
+def validate_config(cfg: dict) -> None:
+    try:
+        validate(cfg, schema="../workflow/schemas/config.schema.yaml")
+    except WorkflowError as err:
+        cause = err.__context__
+        if cause is None or not hasattr(cause, "absolute_path"):
+            raise
+        raise WorkflowError(f"Invalid config: {_schema_error_message(cause)}.") from None
+
+
+def _config_error(message: str):
+    return WorkflowError(f"Invalid config: {message}")
+
+
+def _check_fragment(fragment: dict, where: str) -> None:
+    """Type-check a run fragment against ifss's run-config dataclasses (not the method params)."""
+    for key in WORKFLOW_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = fragment.get(section, {}) if section else fragment
+        if isinstance(node, dict) and leaf in node:
+            raise _config_error(f"{where}.{key} is set by the workflow for each run; remove it")
+    rest = {k: v for k, v in fragment.items() if k != "params"}
+    try:
+        runconfig.from_dict(runconfig.RunConfig, rest)
+    except IfssError as err:
+        raise _config_error(f"in {where}: {err}") from None
+
+
+def _check_method_name(name: str, where: str) -> None:
+    if name in METHODS or name in PLANNED_METHODS:
+        return
+    known = sorted(set(METHODS) | set(PLANNED_METHODS))
+    close = difflib.get_close_matches(name, known, n=2)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise _config_error(f"{where}: unknown method {name!r}{hint}; known methods: {', '.join(known)}")
+
+
+def check_config(cfg: dict) -> None:
+    """What the schema cannot say: names that must exist in ifss, keys of the run config."""
+    _check_fragment(cfg["run"], "run")
+    for name, ds in cfg["datasets"].items():
+        ds.setdefault("root", f"data/{name}")
+        root = ds["root"].rstrip("/")
+        if ds["source"] == "download" and os.path.basename(root) != name:
+            raise _config_error(
+                f"datasets.{name}.root is {ds['root']!r}, but `ifss download` prepares "
+                f"<folder>/{name}; make the root end in /{name}"
+            )
+        if ds["source"] == "synth" and name != "synthetic":
+            raise _config_error(f"datasets.{name}.source: only the dataset 'synthetic' can be synth")
+        for part in ("run", "step0", "SS", "MS"):
+            _check_fragment(ds[part], f"datasets.{name}.{part}")
+    for name, method in cfg["methods"].items():
+        _check_method_name(name, f"methods.{name}")
+        if method is None:
+            cfg["methods"][name] = method = {"params": {}, "step0": {}, "fewshot": {}}
+        for stage in STAGES:
+            _check_fragment(method[stage], f"methods.{name}.{stage}")
+    for name, override in cfg["overrides"].items():
+        _check_fragment(override["set"], f"overrides.{name}.set")
+        when = override["when"]
+        for key, valid in (("stage", STAGES), ("setting", SETTINGS)):
+            for value in _as_list(when.get(key, [])):
+                if value not in valid:
+                    raise _config_error(
+                        f"overrides.{name}.when.{key}: {value!r} is not one of {', '.join(valid)}"
+                    )
+    for name, table in cfg["tables"].items():
+        if table["dataset"] not in cfg["datasets"]:
+            raise _config_error(
+                f"tables.{name}.dataset {table['dataset']!r} is not under datasets "
+                f"(configured: {', '.join(cfg['datasets'])})"
+            )
+        for task in table["tasks"]:
+            try:
+                steps = get_task(table["dataset"], task).num_steps
+            except IfssError as err:
+                raise _config_error(f"tables.{name}.tasks: {err}") from None
+            if steps < 2:
+                raise _config_error(f"tables.{name}.tasks: task {task!r} has no incremental step")
+        for method in table["methods"]:
+            _check_method_name(method, f"tables.{name}.methods")
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+validate_config(config)
+check_config(config)
+
+DATASETS = config["datasets"]
+TABLES = config["tables"]
+METHOD_SETTINGS = config["methods"]
+WEIGHTS_DIR = config["weights"]["dir"].rstrip("/")
+
+_unregistered = sorted({m for t in TABLES.values() for m in t["methods"] if m not in METHODS})
+if _unregistered:
+    logger.warning(
+        f"ifss: methods not registered yet, left out of the tables until they are: "
+        f"{', '.join(_unregistered)}"
+    )
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def step0_dir(dataset, task, base):
+    return f"results/runs/{dataset}/{task}/step0/{base}"
+
+
+@functools.cache
+def step0_task(dataset: str, task: str) -> str:
+    """The task whose step-0 run `task` uses: the first task with the same step-0 classes.
+
+    Step 0 depends only on its classes, so 5-0m uses 5-0's step-0 run (15-1 uses 15-5's) and
+    the same base model is not trained twice.
+    """
+    classes = get_task(dataset, task).steps[0]
+    return next(t for t in task_names(dataset) if get_task(dataset, t).steps[0] == classes)
+
+
+def step_dir(dataset, task, method, nshot, ishot, step):
+    return f"results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}"
+
+
+def dataset_marker(dataset: str) -> str:
+    """The file whose presence says the dataset folder is complete."""
+    ds = DATASETS[dataset]
+    root = ds["root"].rstrip("/")
+    return {"synth": f"{root}/meta.json", "download": f"{root}/.ifss-prepared.json"}.get(ds["source"], "")
+
+
+def class_index_path(dataset: str) -> str:
+    return f"resources/splits/{dataset}/class_index.json"
+
+
+def weights_path(name: str) -> str:
+    return f"{WEIGHTS_DIR}/{name}.pth"
+
+
+def run_dir(wildcards, output) -> str:
+    """The run folder `ifss train --out` writes into (the folder of the declared metrics.json)."""
+    return os.path.dirname(output.metrics)
+
+
+# ----------------------------------------------------------------------------- run settings
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _matches(when: dict, context: dict) -> bool:
+    for key, wanted in when.items():
+        if context.get(key) is None:
+            return False
+        if str(context[key]) not in {str(v) for v in _as_list(wanted)}:
+            return False
+    return True
+
+
+@functools.cache
+def run_settings(dataset, task, method, stage, setting=None, nshot=None, ishot=None, step=0) -> dict:
+    """The run fragment of one run, from this run's config sections only.
+
+    Order (later wins): run, datasets.D.run, datasets.D.{step0|SS|MS}, methods.M.params,
+    methods.M.{step0|fewshot}, then every matching override in file order. No other method's
+    section is read, so editing one method's settings changes no other run's params.
+    """
+    ds = DATASETS[dataset]
+    method_cfg = METHOD_SETTINGS.get(method) or {}
+    layers = [
+        config["run"], ds["run"], ds["step0"] if stage == "step0" else ds[setting],
+        {"params": method_cfg.get("params") or {}}, method_cfg.get(stage) or {},
+    ]
+    context = dict(dataset=dataset, task=task, method=method, stage=stage, setting=setting,
+                   nshot=nshot, ishot=ishot, step=step)
+    layers += [o["set"] for o in config["overrides"].values() if _matches(o["when"], context)]
+    return functools.reduce(_merge, layers, {})
+
+
+def _yaml_value(value) -> str:
+    """A value `ifss train --set` reads back (YAML) as the same value."""
+    return _yaml_str(value) if isinstance(value, str) else json.dumps(value)
+
+
+@functools.cache
+def _yaml_str(value: str) -> str:
+    try:
+        if yaml.safe_load(value) == value:
+            return value
+    except yaml.YAMLError:
+        pass
+    return json.dumps(value)
+
+
+def _flatten(fragment: dict, prefix="") -> list:
+    pairs = []
+    for key, value in fragment.items():
+        if isinstance(value, dict):
+            pairs += _flatten(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def _set_pairs(pairs) -> str:
+    return " ".join(f"--set {shlex.quote(f'{k}={_yaml_value(v)}')}" for k, v in pairs)
+
+
+@functools.cache
+def _fragment_args(fragment_json: str) -> str:
+    return _set_pairs(_flatten(json.loads(fragment_json)))
+
+
+def set_args(fixed: dict, fragment: dict) -> str:
+    """`--set key=value ...` for `ifss train`: the workflow's keys, then the config's."""
+    return _set_pairs(fixed.items()) + " " + _fragment_args(json.dumps(fragment))
+
+
+def _dataset_keys(dataset: str) -> dict:
+    ds = DATASETS[dataset]
+    keys = {"data.root": ds["root"]}
+    if ds["class_index"]:
+        keys["data.class_index"] = class_index_path(dataset)
+    return keys
+
+
+def dataset_inputs(dataset: str) -> dict:
+    ds = DATASETS[dataset]
+    inputs = {}
+    if ds["source"] == "local" and not os.path.isdir(ds["root"]):
+        raise WorkflowError(
+            f"dataset {dataset!r} has source 'local', but its root {ds['root']!r} does not exist; "
+            f"prepare it there, or set datasets.{dataset}.source to download"
+        )
+    if dataset_marker(dataset):
+        inputs["data"] = dataset_marker(dataset)
+    if ds["class_index"]:
+        inputs["class_index"] = class_index_path(dataset)
+    return inputs
+
+
+# ----------------------------------------------------------------------------- wildcard checks
+
+
+def _unknown(kind: str, value, valid, where: str = "") -> WorkflowError:
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(value), valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    where = f" ({where})" if where else ""
+    return WorkflowError(f"unknown {kind} {value!r}{hint}; valid {kind}s{where}: {', '.join(valid)}")
+
+
+def check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise _unknown("dataset", dataset, DATASETS, "under `datasets` in the config")
+
+
+def check_task(dataset: str, name: str):
+    check_dataset(dataset)
+    try:
+        return get_task(dataset, name)
+    except IfssError:
+        raise _unknown("task", name, task_names(dataset), f"of dataset {dataset}") from None
+
+
+def check_method(name: str):
+    if name in METHODS:
+        return METHODS[name]
+    if name in PLANNED_METHODS:
+        raise WorkflowError(
+            f"method {name!r} is not registered yet in ifss/methods/registry.py; "
+            f"registered methods: {', '.join(METHODS)}"
+        )
+    raise _unknown("method", name, METHODS, "registered in ifss/methods/registry.py")
+
+
+def check_base(name: str):
+    info = check_method(name)
+    if not info.step0:
+        bases = [m.name for m in METHODS.values() if m.step0]
+        raise WorkflowError(
+            f"method {name!r} has no step-0 run (its step 1 starts from step0/{info.base}); "
+            f"step-0 methods: {', '.join(bases)}"
+        )
+    return info
+
+
+def check_shot(nshot, fragment: dict) -> None:
+    stride = fragment.get("data", {}).get("fewshot_stride", runconfig.DataConfig().fewshot_stride)
+    if not 1 <= int(nshot) <= int(stride):
+        raise WorkflowError(
+            f"unknown shot s{nshot}: nshot must be 1..{stride} (data.fewshot_stride); "
+            f"the papers use 1, 2 and 5"
+        )
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def table_runs(name: str) -> list:
+    """(task, method, nshot, ishot, last step) of every run a table reads; registered methods only."""
+    table = TABLES[name]
+    runs = []
+    for task_name in table["tasks"]:
+        last = get_task(table["dataset"], task_name).num_steps - 1
+        for method in table["methods"]:
+            if method not in METHODS:
+                continue
+            for nshot in table["shots"]:
+                for ishot in table["ishots"]:
+                    runs.append((task_name, method, nshot, ishot, last))
+    return runs
+
+
+def table_metrics(name: str) -> list:
+    dataset = TABLES[name]["dataset"]
+    return [step_dir(dataset, *run) + "/metrics.json" for run in table_runs(name)]
+
+
+def table_outputs(name: str) -> list:
+    base = f"results/tables/{name}"
+    return [f"{base}.csv", f"{base}.md", f"{base}_runs.csv", f"{base}_per_class.csv"]
+
+
+def all_targets() -> list:
+    return [path for name in TABLES for path in table_outputs(name)]

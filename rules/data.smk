@@ -1,0 +1,91 @@
+# Datasets: the synthetic benchmark (`ifss synth`), real downloads (`ifss download`: checksummed,
+# safely extracted, converted, completion marker written last) and the per-class image index
+# (`ifss splits`). One rule per configured dataset, because each dataset folder is configured.
+
+
+def marker_dir(wildcards, output):
+    return os.path.dirname(output.marker)
+
+
+def download_args(dataset: str) -> str:
+    opts = DATASETS[dataset]["download"]
+    args = []
+    if opts["mirror"]:
+        args += ["--mirror", opts["mirror"]]
+    if dataset == "coco":
+        args += ["--coco-source", opts["coco_source"]]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def download_root(wildcards, output):
+    """`ifss download NAME --root R` prepares R/NAME, the dataset folder of the marker."""
+    return os.path.dirname(os.path.dirname(output.marker))
+
+
+def class_index_inputs(wildcards):
+    check_dataset(wildcards.dataset)
+    marker = dataset_marker(wildcards.dataset)
+    return {"data": marker} if marker else {}
+
+
+def dataset_root(wildcards):
+    return DATASETS[wildcards.dataset]["root"]
+
+
+for _name, _ds in DATASETS.items():
+    if _ds["source"] == "synth":
+
+        rule:
+            name:
+                f"synth_{_name}"
+            output:
+                marker=dataset_marker(_name),
+            params:
+                out=marker_dir,
+                seed=_ds["synth"]["seed"],
+                train=_ds["synth"]["train"],
+                val=_ds["synth"]["val"],
+                size=_ds["synth"]["size"],
+            log:
+                f"logs/data/{_name}.log",
+            conda:
+                "../envs/ifss.yaml"
+            shell:
+                "ifss synth --out {params.out} --seed {params.seed} --train {params.train}"
+                " --val {params.val} --size {params.size} > {log} 2>&1"
+
+    elif _ds["source"] == "download":
+
+        rule:
+            name:
+                f"download_{_name}"
+            output:
+                marker=dataset_marker(_name),
+            params:
+                dataset=_name,
+                root=download_root,
+                extra=download_args(_name),
+            log:
+                f"logs/data/{_name}.log",
+            localrule: _ds["download"]["local"]
+            retries: 2
+            conda:
+                "../envs/ifss.yaml"
+            shell:
+                "ifss download {params.dataset} --root {params.root} {params.extra} > {log} 2>&1"
+
+
+rule class_index:
+    input:
+        unpack(class_index_inputs),
+    output:
+        "resources/splits/{dataset}/class_index.json",
+    params:
+        root=dataset_root,
+    log:
+        "logs/data/{dataset}.class_index.log",
+    threads: 4
+    conda:
+        "../envs/ifss.yaml"
+    shell:
+        "ifss splits --dataset {wildcards.dataset} --root {params.root} --out {output} > {log} 2>&1"

@@ -1,0 +1,31 @@
+# ImageNet backbone weights. `ifss weights NAME --dest DIR` downloads and checks the file under its
+# own name (or, for files that need a browser, verifies the one placed by hand and otherwise says
+# where to put it); the rule links it as DIR/NAME.pth. Consumers use ancient(): a re-fetched copy
+# of the same weights reruns nothing. The tiny CPU backbone needs no weights (weights: none).
+
+
+def weights_dest(wildcards, output):
+    return os.path.dirname(output.file)
+
+
+def weights_mirror(wildcards):
+    mirror = config["weights"]["mirror"]
+    return f"--mirror {shlex.quote(mirror)}" if mirror else ""
+
+
+rule weights:
+    output:
+        file=WEIGHTS_DIR + "/{name}.pth",
+    params:
+        dest=weights_dest,
+        mirror=weights_mirror,
+    log:
+        "logs/weights/{name}.log",
+    localrule: True
+    retries: 2
+    conda:
+        "../envs/ifss.yaml"
+    shell:
+        'got=$(ifss weights {wildcards.name} --dest {params.dest} {params.mirror} 2> {log})'
+        ' && got=$(basename "$got")'
+        ' && if [ "$got" != "$(basename {output.file})" ]; then ln -sfn "$got" {output.file}; fi'

@@ -1,0 +1,46 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from ifss.distributed import claim_free_gpu
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_gloo(synth_root, tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(worker), str(out), str(dump),
+           *tiny_overrides(synth_root, method="FT", **{"train.iterations": 4})]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = list(tmp_path.rglob("metrics.json"))
+    assert metrics == [out / "metrics.json"]
+    record = json.loads(metrics[0].read_text())
+    assert record["world_size"] == 2 and record["iterations"] == 4
+
+
+def test_gpu_claim_skips_held_locks(tmp_path):
+    import fcntl
+
+    held = open(tmp_path / "ifss-gpu-0.lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert claim_free_gpu(2, lock_dir=tmp_path) == 1
+    held.close()
+    assert claim_free_gpu(2, lock_dir=tmp_path) == 0
