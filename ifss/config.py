@@ -34,8 +34,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet50 | resnet101
+    backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
     output_stride: int = 16  # 16 or 8
+    dilate_first_block: bool = False  # True: the InPlace-ABN/PIFS ResNets' dilation rule
     norm: str = "bn"  # bn | iabn (needs inplace-abn)
     activation: str = "relu"  # relu | leaky_relu (InPlace-ABN checkpoints use leaky_relu 0.01)
     head_channels: int = 64  # DeepLab-v3 ASPP width (256 in the papers)
@@ -47,7 +48,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 0  # > 0 fixes the iteration count; else epochs x batches per epoch
-    epochs: int = 1
+    epochs: int = 30  # PIFS's step-0 schedule
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False

@@ -23,7 +23,7 @@ from ifss.data.layout import layout_for
 from ifss.distributed import Runtime, setup, teardown
 from ifss.errors import IfssError
 from ifss.methods.registry import get_method_class, method_info
-from ifss.models import build_model
+from ifss.models import build_model, convert_sync_norm
 from ifss.tasks import Task, get_task
 
 log = logging.getLogger("ifss")
@@ -214,6 +214,8 @@ def _train(cfg, task, info, method_cls, params, run_dir: Path, runtime: Runtime)
     )
     if method_state:
         method.load_state_dict(method_state)
+    if runtime.distributed and runtime.device.type == "cuda":
+        model = convert_sync_norm(model)  # keeps the activations NormAct carries
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

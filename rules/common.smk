@@ -204,11 +204,6 @@ def weights_path(name: str) -> str:
     return f"{WEIGHTS_DIR}/{name}.pth"
 
 
-def run_dir(wildcards, output) -> str:
-    """The run folder `ifss train --out` writes into (the folder of the declared metrics.json)."""
-    return os.path.dirname(output.metrics)
-
-
 # ----------------------------------------------------------------------------- run settings
 
 

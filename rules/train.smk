@@ -31,27 +31,29 @@ def step0_sets(wildcards, input):
 
 
 def _fewshot_run(wildcards):
-    """(method info, setting, run fragment) of a few-shot step; unknown names fail here."""
-    task = check_task(wildcards.dataset, wildcards.task)
-    info = check_method(wildcards.method)
-    step = int(wildcards.step)
-    if not 1 <= step < task.num_steps:
+    return fewshot_run(wildcards.dataset, wildcards.task, wildcards.method,
+                       int(wildcards.nshot), int(wildcards.ishot), int(wildcards.step))
+
+
+@functools.cache
+def fewshot_run(dataset, task, method, nshot, ishot, step):
+    """(method info, run fragment) of a few-shot step; unknown names fail here."""
+    task_info = check_task(dataset, task)
+    info = check_method(method)
+    if not 1 <= step < task_info.num_steps:
         raise WorkflowError(
-            f"task {task.name!r} has few-shot steps 1..{task.num_steps - 1}, not step{step} "
-            f"(step-0 runs are results/runs/{wildcards.dataset}/{task.name}/step0/<base>/)"
+            f"task {task!r} has few-shot steps 1..{task_info.num_steps - 1}, not step{step} "
+            f"(step-0 runs are results/runs/{dataset}/{task}/step0/<base>/)"
         )
-    setting = "MS" if task.is_multi_step else "SS"
-    fragment = run_settings(
-        wildcards.dataset, wildcards.task, wildcards.method, "fewshot", setting,
-        int(wildcards.nshot), int(wildcards.ishot), step,
-    )
-    check_shot(wildcards.nshot, fragment)
+    setting = "MS" if task_info.is_multi_step else "SS"
+    fragment = run_settings(dataset, task, method, "fewshot", setting, nshot, ishot, step)
+    check_shot(nshot, fragment)
     return info, fragment
 
 
 def step_inputs(wildcards):
+    """The previous step's model only: data and class index reach it through step 0."""
     info, _ = _fewshot_run(wildcards)
-    inputs = dataset_inputs(wildcards.dataset)
     step = int(wildcards.step)
     if step == 1:
         base_task = step0_task(wildcards.dataset, wildcards.task)
@@ -59,8 +61,7 @@ def step_inputs(wildcards):
     else:
         previous = step_dir(wildcards.dataset, wildcards.task, wildcards.method,
                             wildcards.nshot, wildcards.ishot, step - 1)
-    inputs["previous"] = previous + "/model.pt"
-    return inputs
+    return {"previous": previous + "/model.pt"}
 
 
 def step_sets(wildcards):
@@ -79,7 +80,6 @@ rule train_step0:
         metrics="results/runs/{dataset}/{task}/step0/{base}/metrics.json",
     params:
         sets=step0_sets,
-        out=run_dir,
     log:
         "logs/runs/{dataset}/{task}/step0/{base}.log",
     benchmark:
@@ -90,7 +90,7 @@ rule train_step0:
     conda:
         "../envs/ifss.yaml"
     shell:
-        "ifss train --out {params.out} {params.sets} > {log} 2>&1"
+        "ifss train --out $(dirname {output.metrics}) {params.sets} > {log} 2>&1"
 
 
 rule train_step:
@@ -101,7 +101,6 @@ rule train_step:
         metrics="results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/metrics.json",
     params:
         sets=step_sets,
-        out=run_dir,
     log:
         "logs/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}.log",
     benchmark:
@@ -112,4 +111,5 @@ rule train_step:
     conda:
         "../envs/ifss.yaml"
     shell:
-        "ifss train --out {params.out} --previous {input.previous} {params.sets} > {log} 2>&1"
+        "ifss train --out $(dirname {output.metrics}) --previous {input.previous} {params.sets}"
+        " > {log} 2>&1"

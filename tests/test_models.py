@@ -242,16 +242,14 @@ def test_norm_act_loads_without_num_batches_tracked():
     torch.testing.assert_close(bn(x), F.leaky_relu(x / (1 + 1e-5) ** 0.5, 0.01))
 
 
-@pytest.mark.skipif(HAS_IABN, reason="inplace_abn is installed: test_iabn_builds covers it")
-def test_iabn_without_package_is_a_clear_error():
-    with pytest.raises(IfssError, match=r"inplace-abn.*model\.norm=bn"):
-        build_model(_cfg(norm="iabn"), [2])
-
-
-@pytest.mark.skipif(not HAS_IABN, reason="inplace_abn is not installed: the error test covers it")
-def test_iabn_builds():
-    model = build_model(_cfg(norm="iabn", activation="leaky_relu"), [2])
-    assert type(model.body.bn1).__name__ == "InPlaceABN"
+def test_iabn_norm_builds_or_says_how_to_install():
+    """Whichever way the machine is set up, model.norm=iabn is checked (no skipped test)."""
+    if HAS_IABN:
+        model = build_model(_cfg(norm="iabn", activation="leaky_relu"), [2])
+        assert type(model.body.bn1).__name__ == "InPlaceABN"
+    else:
+        with pytest.raises(IfssError, match=r"inplace-abn.*model\.norm=bn"):
+            build_model(_cfg(norm="iabn"), [2])
 
 
 def test_weights_table_matches_torchvision():

@@ -28,6 +28,19 @@ METHODS: dict[str, MethodInfo] = {
     for info in (
         MethodInfo("FT", "ifss.methods.finetune", "FineTuning", "FT", "linear", step0=True),
         MethodInfo("COS", "ifss.methods.finetune", "FineTuning", "COS", "cosine", step0=True),
+        # the PIFS family (research/pifs_mclos_mib.md §2.2)
+        MethodInfo("WI", "ifss.methods.imprinting", "WeightImprinting", "COS", "cosine"),
+        MethodInfo("DWI", "ifss.methods.dwi", "DynamicWeightImprinting", "DWI", "cosine",
+                   step0=True, step0_from="COS"),
+        MethodInfo("AMP", "ifss.methods.imprinting", "AdaptiveMaskedProxies", "FT", "linear"),
+        MethodInfo("PIFS", "ifss.methods.pifs", "PIFS", "COS", "cosine"),
+        MethodInfo("RT", "ifss.methods.retrain", "Retraining", "RT", "linear",
+                   step0=True, step0_from="FT"),
+        MethodInfo("SPN", "ifss.methods.spn", "SemanticProjection", "SPN", "embedding", step0=True),
+        MethodInfo("LWF", "ifss.methods.distillation", "LearningWithoutForgetting", "FT", "linear"),
+        MethodInfo("ILT", "ifss.methods.distillation", "IncrementalLearningTechniques", "FT",
+                   "linear"),
+        MethodInfo("MIB", "ifss.methods.mib", "ModelingTheBackground", "FT", "linear"),
     )
 }
 

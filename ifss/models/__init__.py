@@ -41,7 +41,7 @@ def build_model(cfg: ModelConfig, classes_per_step: list[int], classifier: str =
     `cfg.pooling_size` must already be resolved (RunConfig.resolved()); 0 pools globally at eval.
     """
     norm = norm_factory(cfg.norm, cfg.activation)
-    body = build_body(cfg.backbone, cfg.output_stride, norm)
+    body = build_body(cfg.backbone, cfg.output_stride, norm, cfg.dilate_first_block)
     if cfg.pretrained:
         load_imagenet(body, cfg.pretrained)
     head = ASPP(body.out_channels, cfg.head_channels, cfg.head_channels, cfg.output_stride,
