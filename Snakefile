@@ -7,12 +7,12 @@
 #   snakemake ... results/tables/pifs_voc.csv                      # one table
 #   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
 #
-# The default config is read only when no --configfile is given, so a paper config is never
-# mixed with the demo's matrix (several --configfile files are merged with each other).
+# The default config (beside this file) is read only when no --configfile is given, so a paper
+# config is never mixed with the demo's matrix (several --configfile files merge with each other).
 
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

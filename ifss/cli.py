@@ -1,4 +1,4 @@
-"""`ifss train|eval|synth|splits|download|weights|convert-coco` — parse, call, report errors."""
+"""`ifss train|eval|synth|splits|download|convert-coco|weights|bench`: parse, call, report errors."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,12 @@ def _weights(args) -> None:
     print(fetch_weights(args.name, Path(args.dest), mirror=args.mirror))
 
 
+def _bench(args) -> None:
+    from ifss.bench import run_bench
+
+    run_bench(device=args.device, quick=args.quick, out_dir=Path(args.out))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ifss", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--dest", required=True)
     w.add_argument("--mirror")
     w.set_defaults(func=_weights)
+
+    b = sub.add_parser("bench", help="measure speed and memory against bare PyTorch")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--quick", action="store_true", help="CI-sized (seconds)")
+    b.add_argument("--out", default="results/bench", help="folder for <device>.json and .md")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,12 +67,10 @@ def claim_free_gpu(count: int, lock_dir: str | Path | None = None, wait_s: float
 
 
 def select_device(spec: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise IfssError(f"train.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec.startswith("cuda") and spec != "cuda" and ":" not in spec:
-        raise IfssError(f"train.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N")
-    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
-        raise IfssError(f"train.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         if spec == "auto":
             return torch.device("cpu")

@@ -7,8 +7,6 @@ background included (as in PIFS); novel classes are all classes added after step
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 IGNORE = 255
@@ -63,7 +61,3 @@ def summarize(mat: torch.Tensor, num_base: int) -> dict:
         "hm": harmonic_mean(base, novel),
         "pixel_accuracy": mat.diag().sum().item() / total if total else None,
     }
-
-
-def is_finite(value) -> bool:
-    return value is None or math.isfinite(value)

@@ -121,6 +121,27 @@ def check_classes(ckpt: dict, path, task: Task, step: int) -> None:
         )
 
 
+def check_base(ckpt: dict, path, cfg: RunConfig, info) -> None:
+    """The previous model must come from the run this method starts from: at step 1 the step-0
+    run of its base method, at step 0 the run of its `step0_from`, later its own previous step.
+    (Checkpoints without a recorded method are not checked.)"""
+    trained_by = ckpt["meta"].get("method")
+    if trained_by is None or (cfg.step == 0 and not info.step0_from):
+        return
+    if cfg.step <= 1:
+        want = info.step0_from if cfg.step == 0 else info.base
+        if trained_by != want:
+            raise IfssError(
+                f"method {cfg.method} starts from the step-0 model of {want}, but {path} was "
+                f"trained by {trained_by}; give the {want} step-0 model.pt"
+            )
+    elif trained_by != cfg.method:
+        raise IfssError(
+            f"step {cfg.step} of method {cfg.method} continues its step-{cfg.step - 1} model, but "
+            f"{path} was trained by {trained_by}; give the {cfg.method} step-{cfg.step - 1} model.pt"
+        )
+
+
 def load_previous(model, ckpt: dict, path) -> None:
     """Old steps' weights; only the new step's classifier may be missing from the file."""
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
@@ -141,6 +162,7 @@ def build_previous_models(cfg: RunConfig, task: Task, info, runtime: Runtime, us
         return model, None, None
     ckpt = load_checkpoint(cfg.previous)
     check_classes(ckpt, cfg.previous, task, step_for_file)
+    check_base(ckpt, cfg.previous, cfg, info)
     if cfg.step > 0:
         load_previous(model, ckpt, cfg.previous)
     else:
@@ -160,11 +182,19 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
+def class_names(cfg: RunConfig, task: Task) -> list[str]:
+    """The dataset's own names (the synthetic benchmark names its classes in classes.json)."""
+    names_file = Path(cfg.data.root) / "classes.json"
+    if cfg.dataset == "synthetic" and names_file.is_file():
+        return task.class_names(cfg.step, tuple(json.loads(names_file.read_text())["names"]))
+    return task.class_names(cfg.step)
+
+
 def metrics_record(cfg: RunConfig, task: Task, info, summary: dict, extra: dict) -> dict:
     return {
         "dataset": cfg.dataset, "task": cfg.task, "method": cfg.method, "base_method": info.base,
         "step": cfg.step, "num_steps": task.num_steps, "nshot": cfg.nshot, "ishot": cfg.ishot,
-        "classes": task.class_names(cfg.step), "class_ids": list(task.order(cfg.step)),
+        "classes": class_names(cfg, task), "class_ids": list(task.order(cfg.step)),
         "num_base": task.num_base, **summary, "config": to_dict(cfg), "versions": versions(),
         "seed": cfg.seed, **extra,
     }

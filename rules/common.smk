@@ -20,7 +20,7 @@ min_version("8.0")
 # The checkout's package comes first, and jobs find the `ifss` command of the Python that runs
 # Snakemake even when its venv is not activated (a conda env, when used, is put in front of it).
 sys.path.insert(0, workflow.basedir)
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 os.environ.setdefault("IFSS_ROOT", workflow.basedir)  # envs/ifss.yaml installs the checkout from it
 
 import ifss.config as runconfig
@@ -282,7 +282,7 @@ def _fragment_args(fragment_json: str) -> str:
 
 def set_args(fixed: dict, fragment: dict) -> str:
     """`--set key=value ...` for `ifss train`: the workflow's keys, then the config's."""
-    return _set_pairs(fixed.items()) + " " + _fragment_args(json.dumps(fragment))
+    return f"{_set_pairs(fixed.items())} {_fragment_args(json.dumps(fragment))}"
 
 
 def _dataset_keys(dataset: str) -> dict:
@@ -383,7 +383,7 @@ def table_runs(name: str) -> list:
 
 def table_metrics(name: str) -> list:
     dataset = TABLES[name]["dataset"]
-    return [step_dir(dataset, *run) + "/metrics.json" for run in table_runs(name)]
+    return [f"{step_dir(dataset, *run)}/metrics.json" for run in table_runs(name)]
 
 
 def table_outputs(name: str) -> list:
@@ -393,3 +393,135 @@ def table_outputs(name: str) -> list:
 
 def all_targets() -> list:
     return [path for name in TABLES for path in table_outputs(name)]
+
+
+# ----------------------------------------------------------------------------- rules/data.smk, rules/weights.smk
+
+
+def marker_dir(wildcards, output):
+    return os.path.dirname(output.marker)
+
+
+def download_args(dataset: str) -> str:
+    opts = DATASETS[dataset]["download"]
+    args = []
+    if opts["mirror"]:
+        args += ["--mirror", opts["mirror"]]
+    if dataset == "coco":
+        args += ["--coco-source", opts["coco_source"]]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def download_root(wildcards, output):
+    """`ifss download NAME --root R` prepares R/NAME, the dataset folder of the marker."""
+    return os.path.dirname(os.path.dirname(output.marker))
+
+
+def class_index_inputs(wildcards):
+    check_dataset(wildcards.dataset)
+    marker = dataset_marker(wildcards.dataset)
+    return {"data": marker} if marker else {}
+
+
+def dataset_root(wildcards):
+    return DATASETS[wildcards.dataset]["root"]
+
+
+def weights_dest(wildcards, output):
+    return os.path.dirname(output.file)
+
+
+def weights_mirror(wildcards):
+    mirror = config["weights"]["mirror"]
+    return f"--mirror {shlex.quote(mirror)}" if mirror else ""
+
+
+# ----------------------------------------------------------------------------- rules/train.smk
+
+
+def maybe_temp(path):
+    return path if config["keep_fewshot_models"] else temp(path)
+
+
+def step0_inputs(wildcards):
+    check_task(wildcards.dataset, wildcards.task)
+    info = check_base(wildcards.base)
+    inputs = dataset_inputs(wildcards.dataset)
+    if info.step0_from:  # e.g. DWI's step 0 starts from COS's step-0 model
+        inputs["previous"] = f"{step0_dir(wildcards.dataset, wildcards.task, info.step0_from)}/model.pt"
+    elif DATASETS[wildcards.dataset]["weights"] != "none":
+        inputs["weights"] = ancient(weights_path(DATASETS[wildcards.dataset]["weights"]))
+    return inputs
+
+
+def step0_sets(wildcards, input):
+    fixed = dict(dataset=wildcards.dataset, task=wildcards.task, step=0, method=wildcards.base)
+    fixed.update(_dataset_keys(wildcards.dataset))
+    if "previous" in input.keys():
+        fixed["previous"] = input.previous
+    if "weights" in input.keys():
+        fixed["model.pretrained"] = input.weights
+    fragment = run_settings(wildcards.dataset, wildcards.task, wildcards.base, "step0", step=0)
+    return set_args(fixed, fragment)
+
+
+def _fewshot_run(wildcards):
+    return fewshot_run(wildcards.dataset, wildcards.task, wildcards.method,
+                       int(wildcards.nshot), int(wildcards.ishot), int(wildcards.step))
+
+
+@functools.cache
+def fewshot_run(dataset, task, method, nshot, ishot, step):
+    """(method info, run fragment) of a few-shot step; unknown names fail here."""
+    task_info = check_task(dataset, task)
+    info = check_method(method)
+    if not 1 <= step < task_info.num_steps:
+        raise WorkflowError(
+            f"task {task!r} has few-shot steps 1..{task_info.num_steps - 1}, not step{step} "
+            f"(step-0 runs are results/runs/{dataset}/{task}/step0/<base>/)"
+        )
+    setting = "MS" if task_info.is_multi_step else "SS"
+    fragment = run_settings(dataset, task, method, "fewshot", setting, nshot, ishot, step)
+    check_shot(nshot, fragment)
+    return info, fragment
+
+
+def step_inputs(wildcards):
+    """The previous step's model only: data and class index reach it through step 0."""
+    info, _ = _fewshot_run(wildcards)
+    step = int(wildcards.step)
+    if step == 1:
+        base_task = step0_task(wildcards.dataset, wildcards.task)
+        previous = step0_dir(wildcards.dataset, base_task, info.base)
+    else:
+        previous = step_dir(wildcards.dataset, wildcards.task, wildcards.method,
+                            wildcards.nshot, wildcards.ishot, step - 1)
+    return {"previous": f"{previous}/model.pt"}
+
+
+def step_sets(wildcards):
+    _, fragment = _fewshot_run(wildcards)
+    fixed = dict(dataset=wildcards.dataset, task=wildcards.task, step=int(wildcards.step),
+                 nshot=int(wildcards.nshot), ishot=int(wildcards.ishot), method=wildcards.method)
+    fixed.update(_dataset_keys(wildcards.dataset))
+    return set_args(fixed, fragment)
+
+
+# ----------------------------------------------------------------------------- rules/tables.smk
+
+
+def table_inputs(wildcards):
+    if wildcards.table not in TABLES:
+        raise _unknown("table", wildcards.table, TABLES, "under `tables` in the config")
+    return table_metrics(wildcards.table)
+
+
+def table_spec(wildcards):
+    table = TABLES[wildcards.table]
+    return {
+        "name": wildcards.table,
+        "title": table.get("title", wildcards.table),
+        "dataset": table["dataset"],
+        "methods": [m for m in table["methods"] if m in METHODS],
+        "shots": table["shots"],
+    }

@@ -3,35 +3,6 @@
 # (`ifss splits`). One rule per configured dataset, because each dataset folder is configured.
 
 
-def marker_dir(wildcards, output):
-    return os.path.dirname(output.marker)
-
-
-def download_args(dataset: str) -> str:
-    opts = DATASETS[dataset]["download"]
-    args = []
-    if opts["mirror"]:
-        args += ["--mirror", opts["mirror"]]
-    if dataset == "coco":
-        args += ["--coco-source", opts["coco_source"]]
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def download_root(wildcards, output):
-    """`ifss download NAME --root R` prepares R/NAME, the dataset folder of the marker."""
-    return os.path.dirname(os.path.dirname(output.marker))
-
-
-def class_index_inputs(wildcards):
-    check_dataset(wildcards.dataset)
-    marker = dataset_marker(wildcards.dataset)
-    return {"data": marker} if marker else {}
-
-
-def dataset_root(wildcards):
-    return DATASETS[wildcards.dataset]["root"]
-
-
 for _name, _ds in DATASETS.items():
     if _ds["source"] == "synth":
 

@@ -3,23 +3,6 @@
 # pandas work. Methods not registered yet are left out (one warning at start).
 
 
-def table_inputs(wildcards):
-    if wildcards.table not in TABLES:
-        raise _unknown("table", wildcards.table, TABLES, "under `tables` in the config")
-    return table_metrics(wildcards.table)
-
-
-def table_spec(wildcards):
-    table = TABLES[wildcards.table]
-    return {
-        "name": wildcards.table,
-        "title": table.get("title", wildcards.table),
-        "dataset": table["dataset"],
-        "methods": [m for m in table["methods"] if m in METHODS],
-        "shots": table["shots"],
-    }
-
-
 rule table:
     input:
         metrics=table_inputs,

@@ -4,18 +4,9 @@
 # of the same weights reruns nothing. The tiny CPU backbone needs no weights (weights: none).
 
 
-def weights_dest(wildcards, output):
-    return os.path.dirname(output.file)
-
-
-def weights_mirror(wildcards):
-    mirror = config["weights"]["mirror"]
-    return f"--mirror {shlex.quote(mirror)}" if mirror else ""
-
-
 rule weights:
     output:
-        file=WEIGHTS_DIR + "/{name}.pth",
+        file=f"{WEIGHTS_DIR}/{{name}}.pth",
     params:
         dest=weights_dest,
         mirror=weights_mirror,

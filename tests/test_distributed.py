@@ -44,3 +44,21 @@ def test_gpu_claim_skips_held_locks(tmp_path):
     assert claim_free_gpu(2, lock_dir=tmp_path) == 1
     held.close()
     assert claim_free_gpu(2, lock_dir=tmp_path) == 0
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "cuda0"])
+def test_bad_device_spec_is_named(spec):
+    from ifss.distributed import select_device
+    from ifss.errors import IfssError
+
+    with pytest.raises(IfssError, match=f"train.device='{spec}' is not a device"):
+        select_device(spec)
+
+
+def test_auto_is_cpu_without_cuda():
+    from ifss.distributed import select_device
+
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+    else:
+        assert select_device("auto").type == "cuda"

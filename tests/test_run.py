@@ -40,6 +40,7 @@ def test_step0_writes_run_directory(step0):
     assert m["method"] == "COS" and m["step"] == 0 and m["num_base"] == 16
     assert len(m["iou"]) == len(m["classes"]) == 16
     assert 0 <= m["miou_base"] <= 1 and m["miou_novel"] is None and m["hm"] is None
+    assert m["classes"][0] == "background" and m["classes"][1] == "cyan_hexagon_dotted"  # class 6
     assert m["config"]["train"]["iterations"] == 6 and m["versions"]["torch"] == torch.__version__
     ckpt = torch.load(step0 / "model.pt", weights_only=True)
     assert ckpt["meta"]["classes_per_step"] == [16]

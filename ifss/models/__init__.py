@@ -9,8 +9,8 @@ from typing import Sequence
 
 from ifss.config import ModelConfig
 from ifss.errors import IfssError
-from ifss.models.classifiers import (CLASSIFIERS, CosineClassifier, IncrementalClassifier,
-                                     LinearClassifier)
+from ifss.models.classifiers import (CLASSIFIERS, CosineClassifier, EmbeddingClassifier,
+                                     IncrementalClassifier, LinearClassifier)
 from ifss.models.heads import ASPP
 from ifss.models.norm import NORMS, NormAct, SyncNormAct, convert_sync_norm, norm_factory
 from ifss.models.pretrained import IMAGENET_WEIGHTS, fetch_weights, load_imagenet
@@ -18,10 +18,10 @@ from ifss.models.resnet import BACKBONES, ResNetBody, build_body
 from ifss.models.segmenter import SegmentationModel
 
 __all__ = [
-    "ASPP", "BACKBONES", "CLASSIFIERS", "CosineClassifier", "IMAGENET_WEIGHTS",
-    "IncrementalClassifier", "LinearClassifier", "NORMS", "NormAct", "ResNetBody",
-    "SegmentationModel", "SyncNormAct", "build_body", "build_classifier", "build_model",
-    "convert_sync_norm", "fetch_weights", "load_imagenet", "norm_factory",
+    "ASPP", "BACKBONES", "CLASSIFIERS", "CosineClassifier", "EmbeddingClassifier",
+    "IMAGENET_WEIGHTS", "IncrementalClassifier", "LinearClassifier", "NORMS", "NormAct",
+    "ResNetBody", "SegmentationModel", "SyncNormAct", "build_body", "build_classifier",
+    "build_model", "convert_sync_norm", "fetch_weights", "load_imagenet", "norm_factory",
 ]
 
 
@@ -35,16 +35,23 @@ def build_classifier(kind: str, in_channels: int, classes_per_step: Sequence[int
 
 
 def build_model(cfg: ModelConfig, classes_per_step: list[int], classifier: str = "linear",
-                cosine_scale: float = 10.0) -> SegmentationModel:
+                cosine_scale: float = 10.0, embedding_dim: int | None = None) -> SegmentationModel:
     """The model of `cfg` with one classifier step per entry of `classes_per_step`.
 
     `cfg.pooling_size` must already be resolved (RunConfig.resolved()); 0 pools globally at eval.
+    With the "embedding" classifier (SPN) the head's ASPP keeps `cfg.head_channels` hidden
+    channels but outputs `embedding_dim` channels, one per dimension of the fixed class vectors
+    (SPNet: 600 = fastText + word2vec); the vectors are set afterwards (`set_embeddings`).
     """
+    if classifier == "embedding" and not (isinstance(embedding_dim, int) and embedding_dim > 0):
+        raise IfssError("the embedding classifier needs the dimension of its class vectors "
+                        f"(embedding_dim), got {embedding_dim!r}")
     norm = norm_factory(cfg.norm, cfg.activation)
     body = build_body(cfg.backbone, cfg.output_stride, norm, cfg.dilate_first_block)
     if cfg.pretrained:
         load_imagenet(body, cfg.pretrained)
-    head = ASPP(body.out_channels, cfg.head_channels, cfg.head_channels, cfg.output_stride,
+    out_channels = embedding_dim if classifier == "embedding" else cfg.head_channels
+    head = ASPP(body.out_channels, out_channels, cfg.head_channels, cfg.output_stride,
                 norm, pooling=cfg.pooling, pooling_size=cfg.pooling_size)
-    cls = build_classifier(classifier, cfg.head_channels, classes_per_step, cosine_scale)
+    cls = build_classifier(classifier, out_channels, classes_per_step, cosine_scale)
     return SegmentationModel(body, head, cls)

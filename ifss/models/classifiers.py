@@ -91,7 +91,52 @@ class CosineClassifier(IncrementalClassifier):
         return f"scale={self.scale}"
 
 
+class FixedEmbeddings(nn.Module):
+    """One step of an EmbeddingClassifier: `n` fixed class vectors, an (n x D) buffer (saved
+    with the model, never trained). Rows are L2-normalised when set; zeros until then."""
+
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(n, dim))
+
+    @torch.no_grad()
+    def set(self, vectors: torch.Tensor) -> None:
+        vectors = torch.as_tensor(vectors, dtype=self.weight.dtype)
+        if vectors.shape != self.weight.shape:
+            raise IfssError(f"class embeddings of shape {tuple(vectors.shape)} do not fit a "
+                            f"classifier step of shape {tuple(self.weight.shape)}")
+        self.weight.copy_(F.normalize(vectors.to(self.weight.device), dim=1))
+
+    def extra_repr(self) -> str:
+        return f"classes={self.weight.shape[0]}, dim={self.weight.shape[1]}"
+
+
+class EmbeddingClassifier(IncrementalClassifier):
+    """SPNet's classifier: logits = <x, e_c> per pixel, with e_c the fixed, L2-normalised
+    embedding (word vectors, attributes) of class c and x the unnormalised feature; the input
+    has as many channels as the embeddings. No trainable parameters: only the features learn.
+    Each step's embeddings are set with `set_embeddings(step, vectors)`."""
+
+    def make_step(self, n: int) -> nn.Module:
+        return FixedEmbeddings(n, self.in_channels)
+
+    def set_embeddings(self, step: int, vectors: torch.Tensor) -> None:
+        self.convs[step].set(vectors)
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """(C x D) fixed class vectors of every step, in logit order."""
+        return torch.cat([step.weight for step in self.convs])
+
+    def step_logits(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.convs[step].weight[:, :, None, None].to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.embeddings[:, :, None, None].to(x.dtype))
+
+
 CLASSIFIERS: dict[str, type[IncrementalClassifier]] = {
     "linear": LinearClassifier,
     "cosine": CosineClassifier,
+    "embedding": EmbeddingClassifier,
 }

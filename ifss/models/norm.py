@@ -107,8 +107,89 @@ def convert_sync_norm(module: nn.Module, process_group=None) -> nn.Module:
     return module
 
 
+def batch_renorm(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                 weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """Batch renormalisation (Ioffe 2017) against fixed running statistics, no r/d clipping:
+
+        y = weight * ((x - mu_B) / sigma_B * r + d) + bias,
+        r = sigma_B / sigma,  d = (mu_B - mu) / sigma   (constants: no gradient through r, d)
+
+    with sigma_B = sqrt(var_B + eps) (biased batch variance over N, H, W) and
+    sigma = sqrt(running_var + eps). Without clipping the value equals the eval-mode
+    (x - mu) / sigma; what changes is the backward pass, which goes through the batch
+    statistics as in batch norm (scaled by r). The running statistics are not touched.
+    """
+    dims = [0, *range(2, x.dim())]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    with torch.no_grad():
+        var_b, mean_b = torch.var_mean(x.detach().float(), dim=dims, unbiased=False)
+        sigma = (running_var.float() + eps).sqrt()
+        r = ((var_b + eps).sqrt() / sigma).view(shape)
+        d = ((mean_b - running_mean.float()) / sigma).view(shape)
+    x_hat = F.batch_norm(x, None, None, None, None, True, 0.0, eps)  # (x - mu_B) / sigma_B
+    y = x_hat * r + d
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+class BatchRenormAct(_ActivationAfterNorm, nn.BatchNorm2d):
+    """Batch renormalisation with frozen running statistics, then an activation (PIFS's "iabr").
+
+    Training mode: `batch_renorm` (batch statistics in the backward pass, running statistics never
+    updated: momentum 0); eval mode: plain normalisation with the running statistics. State-dict
+    keys are BatchNorm2d's, so a checkpoint trained with NormAct loads unchanged. Meant for
+    fine-tuning a model whose statistics were learned with batch norm (see convert_batch_renorm);
+    a model trained from scratch with it would keep its initial statistics (0 mean, unit variance).
+    Batch statistics are those of the local process (no synchronisation under DDP).
+    """
+
+    def __init__(self, num_features: int, activation: str = "relu", eps: float = 1e-5):
+        super().__init__(num_features, eps=eps, momentum=0.0)
+        self.activation = check_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            y = batch_renorm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             self.eps)
+        else:
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             False, 0.0, self.eps)
+        return activate(y, self.activation, inplace=True)
+
+
+def convert_batch_renorm(module: nn.Module) -> nn.Module:
+    """Replace, in place, every NormAct / SyncNormAct in `module` by a BatchRenormAct holding the
+    same tensors (affine weights, running statistics) and activation; returns `module` (or the new
+    layer when `module` itself is one). Other normalisation layers are an error, not skipped."""
+    if isinstance(module, BatchRenormAct):
+        return module
+    if isinstance(module, _ActivationAfterNorm):
+        renorm = BatchRenormAct(module.num_features, module.activation, module.eps)
+        renorm.weight, renorm.bias = module.weight, module.bias
+        renorm.running_mean, renorm.running_var = module.running_mean, module.running_var
+        renorm.num_batches_tracked = module.num_batches_tracked
+        renorm.train(module.training)
+        return renorm
+    if isinstance(module, nn.modules.batchnorm._NormBase) or "ABN" in type(module).__name__:
+        raise IfssError(
+            f"batch renormalisation replaces model.norm=bn layers, but the model holds a "
+            f"{type(module).__name__}; use model.norm=bn, or turn the method's batch_renorm off"
+        )
+    for name, child in module.named_children():
+        module.add_module(name, convert_batch_renorm(child))
+    return module
+
+
 def _batchnorm() -> NormBuilder:
     return lambda channels, activation: NormAct(channels, activation)
+
+
+def _batch_renorm() -> NormBuilder:
+    return lambda channels, activation: BatchRenormAct(channels, activation)
 
 
 def _inplace_abn() -> NormBuilder:
@@ -130,6 +211,7 @@ def _inplace_abn() -> NormBuilder:
 NORMS: dict[str, Callable[[], NormBuilder]] = {
     "bn": _batchnorm,
     "iabn": _inplace_abn,
+    "brn": _batch_renorm,  # frozen-statistics batch renorm: for fine-tuning from a bn checkpoint
 }
 
 

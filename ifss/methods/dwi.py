@@ -1,0 +1,217 @@
+"""DWI: dynamic weight imprinting (Gidaris & Komodakis 2018, "pixel-wise" as in PIFS; research
+§2.2), without the attention branch (the originals' `use_attention=False`).
+
+Weight generator: w_c = a ⊙ mean_k(proto_k), with proto_k = mean of the L2-normalised pixel
+features of class c in support image k (head features upsampled bilinearly to the label size), and
+`a` a D-vector initialised to normalize(ones).
+
+Step 0 ("cool-down", in `finish`): the run loads the COS step-0 model (`previous`), trains nothing
+in the engine (train.iterations=0, train.epochs=0), then meta-trains the generator and the base
+cosine weights with plain SGD (lr `dyn_lr`, no momentum, no weight decay) for `dyn_iter`
+iterations. Each iteration sums the losses of `episodes` episodes: draw a base class c (not
+background) and K from `shots`; imprint c's weight from K support images of c (unaugmented, full
+size); replace c's row of the normalised base weights by it; cross-entropy of the scaled cosine
+logits on a query batch of `random_images` random and `class_images` other images of c (augmented
+training crops), with body and head frozen in eval mode. Support and query images of c are
+disjoint when the class has enough images (the originals drew them independently).
+
+Step k >= 1: the novel weights are generator-made from the few-shot images of each class; no
+gradient step (train.iterations=0, train.epochs=0). The generator travels from step to step in the
+method state of model.pt.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ifss.data.segmentation import pad_collate
+from ifss.errors import IfssError
+from ifss.losses import segmentation_ce
+from ifss.methods.base import Method
+from ifss.methods.imprinting import (check_new_classes_present, class_feature_sums,
+                                     class_statistics, features_at, frozen_groups,
+                                     set_step_weights)
+
+log = logging.getLogger("ifss")
+
+
+class WeightGenerator(nn.Module):
+    """w = a ⊙ mean_k(proto_k) over K prototypes (K x D -> D)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.a = nn.Parameter(F.normalize(torch.ones(dim), dim=0))
+
+    def forward(self, prototypes: torch.Tensor) -> torch.Tensor:
+        return self.a * prototypes.mean(dim=0)
+
+
+def dwi_image_prototypes(features: torch.Tensor, labels: torch.Tensor,
+                         num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """proto[n, c] = mean over the pixels of c in image n of normalize(f); zero where c is absent.
+    Returns (N x C x D, N x C bool presence)."""
+    sums, counts = class_feature_sums(features, labels, num_classes, normalize_pixels=True)
+    return sums / counts.clamp_min(1.0).unsqueeze(-1), counts > 0
+
+
+def episode_logits(features: torch.Tensor, weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scaled cosine logits of features N x D x h x w against the rows of weights C x D."""
+    w = F.normalize(weights, dim=1)[:, :, None, None]
+    return scale * F.conv2d(F.normalize(features, dim=1), w)
+
+
+@dataclass
+class DWIParams:
+    dyn_iter: int = 1000  # cool-down iterations (step 0)
+    dyn_lr: float = 1.0  # SGD learning rate of the cool-down (no momentum)
+    episodes: int = 2  # episodes per iteration; their losses are summed
+    shots: list[int] = field(default_factory=lambda: [1, 2, 5])  # K is drawn from these
+    random_images: int = 4  # query images drawn from the whole training set
+    class_images: int = 4  # query images drawn from the images of the episode's class
+
+
+class DynamicWeightImprinting(Method):
+    Params = DWIParams
+
+    def __init__(self, params, cfg, runtime):
+        super().__init__(params, cfg, runtime)
+        if params.dyn_iter < 0 or params.dyn_lr <= 0 or params.episodes < 1:
+            raise IfssError("params.dyn_iter must be >= 0, params.dyn_lr > 0 and params.episodes >= 1")
+        if not params.shots or min(params.shots) < 1:
+            raise IfssError(f"params.shots={params.shots} must be a list of positive counts")
+        if params.random_images < 0 or params.class_images < 0 or \
+                params.random_images + params.class_images == 0:
+            raise IfssError("params.random_images + params.class_images must be positive")
+        self.generator: WeightGenerator | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        if self.generator is None:
+            return {}
+        return {"generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator = WeightGenerator(state["generator"]["a"].numel())
+            self.generator.load_state_dict(state["generator"])
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def param_groups(self, model, train) -> list[dict]:
+        return frozen_groups(model)
+
+    def prepare(self, model, old_model, data) -> None:
+        super().prepare(model, old_model, data)
+        if self.step == 0:
+            return
+        if self.generator is None:
+            raise IfssError(
+                f"DWI step {self.step} needs the weight generator meta-trained at DWI step 0, and "
+                f"{self.cfg.previous} holds none; give the model.pt of the DWI step-{self.step - 1} run"
+            )
+        device = self.runtime.device
+        self.generator.to(device)
+        total, images = class_statistics(model, data.train_plain, dwi_image_prototypes, device)
+        check_new_classes_present(images, data, self.step)
+        sl = model.classifier.step_slice(self.step)
+        mean_proto = total[sl] / images[sl].unsqueeze(-1)  # mean over the images of each class
+        with torch.no_grad():
+            weights = self.generator.a * mean_proto
+        set_step_weights(model.classifier, self.step, weights)
+
+    def finish(self, model, data) -> None:
+        if self.step == 0:
+            self.cool_down(model, data)
+
+    # -- step-0 meta-training ---------------------------------------------------------------
+
+    def cool_down(self, model, data) -> None:
+        p, device = self.params, self.runtime.device
+        classifier = model.classifier
+        if classifier.num_steps != 1 or not hasattr(classifier, "scale"):
+            raise IfssError("DWI's cool-down needs the cosine step-0 model of COS")
+        self.generator = WeightGenerator(classifier.in_channels).to(device)
+        by_class = images_by_class(data)
+        classes = [c for c in range(1, classifier.num_classes) if by_class.get(c)]
+        if not classes:
+            raise IfssError("DWI's cool-down found no training image of any base class")
+        weight = classifier.convs[0].weight
+        optimizer = torch.optim.SGD([weight, self.generator.a], lr=p.dyn_lr, momentum=0.0)
+        rng = torch.Generator().manual_seed(self.cfg.seed)
+        model.eval()  # body and head frozen: their features are computed without gradient
+        n_train = len(data.train)
+        running = 0.0
+        for it in range(1, p.dyn_iter + 1):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(p.episodes):
+                c = classes[_randint(rng, len(classes))]
+                k = p.shots[_randint(rng, len(p.shots))]
+                pool = by_class[c]
+                order = [pool[i] for i in torch.randperm(len(pool), generator=rng).tolist()]
+                support = order[:k]
+                rest = order[k:] or order  # disjoint from the support when possible
+                query = [rest[i % len(rest)] for i in range(p.class_images)]
+                query += torch.randint(n_train, (p.random_images,), generator=rng).tolist()
+                loss = self._episode(model, data, c, support, query, rng)
+                if loss is not None:
+                    loss.backward()
+                    total += float(loss.detach())
+            optimizer.step()
+            running += total / p.episodes
+            if it % self.cfg.train.log_every == 0 or it == p.dyn_iter:
+                span = it % self.cfg.train.log_every or self.cfg.train.log_every
+                log.info("cool-down iter %d/%d  loss %.4f", it, p.dyn_iter, running / span)
+                running = 0.0
+        if self.runtime.distributed:  # every rank ran the same episodes; keep rank 0's result
+            for tensor in (weight, self.generator.a):
+                torch.distributed.broadcast(tensor.data, src=0)
+
+    def _episode(self, model, data, c: int, support: list[int], query: list[int], rng):
+        device = self.runtime.device
+        classifier = model.classifier
+        with torch.no_grad():
+            protos = []
+            for index in support:
+                sample = data.train_plain[index]
+                image = sample["image"].unsqueeze(0).to(device)
+                label = sample["label"].unsqueeze(0).to(device)
+                feats = features_at(model.head(model.body(image)), label.shape[-2:])
+                proto, present = dwi_image_prototypes(feats, label, classifier.num_classes)
+                if present[0, c]:
+                    protos.append(proto[0, c])
+            if not protos:
+                return None
+            seeds = torch.randint(2**62, (len(query),), generator=rng).tolist()
+            batch = pad_collate([data.train[(i, s)] for i, s in zip(query, seeds)])
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            with self.runtime.autocast():
+                features = model.head(model.body(images)).float()
+        base = classifier.convs[0].weight.flatten(1)
+        generated = self.generator(torch.stack(protos))
+        rows = F.normalize(base, dim=1)
+        weights = torch.cat([rows[:c], F.normalize(generated, dim=0)[None], rows[c + 1:]])
+        logits = episode_logits(features, weights, classifier.scale)
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return segmentation_ce(logits, labels.long())
+
+
+def images_by_class(data) -> dict[int, list[int]]:
+    """Remapped class -> indices of data.train (== data.train_plain) whose image holds it."""
+    order = data.task.order(data.step)
+    position = {cid: i for i, cid in enumerate(order)}
+    out: dict[int, list[int]] = {}
+    for index, (image_id, _lut) in enumerate(data.train.samples):
+        for cid in data.image_classes.get(image_id, ()):
+            if cid in position:
+                out.setdefault(position[cid], []).append(index)
+    return out
+
+
+def _randint(rng: torch.Generator, n: int) -> int:
+    return int(torch.randint(n, (1,), generator=rng))

@@ -1,0 +1,327 @@
+"""The Snakemake workflow: config validation, DAG shape and speed, clear errors, lint, and an
+end-to-end synthetic run through the real `ifss` CLI with its rerun semantics.
+
+Every Snakemake call runs in a temporary working directory (`-d`), so the tests never touch the
+checkout's results/ or data/.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+PAPER_CONFIGS = [ROOT / "config" / "papers" / "pifs_voc.yaml", ROOT / "config" / "papers" / "pifs_coco.yaml"]
+
+# Methods of the paper tables not registered yet get a stand-in entry (with the step-0 run the
+# papers use), so the DAG has its full size whatever the state of ifss/methods/registry.py.
+STAND_INS = [  # name, base, step0, step0_from
+    ("WI", "COS", False, None), ("DWI", "DWI", True, "COS"), ("RT", "RT", True, "FT"),
+    ("AMP", "FT", False, None), ("SPN", "SPN", True, None), ("LWF", "FT", False, None),
+    ("ILT", "FT", False, None), ("MIB", "FT", False, None), ("PIFS", "COS", False, None),
+    ("MCLOS", "COS", False, None),
+]
+WITH_STAND_INS = f"""
+import sys
+from ifss.methods import registry
+for name, base, step0, step0_from in {STAND_INS!r}:
+    registry.METHODS.setdefault(name, registry.MethodInfo(
+        name, "ifss.methods.stand_in", "StandIn", base, "linear", step0, step0_from))
+from snakemake.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def snakemake(workdir: Path, *args: str, stand_ins: bool = False, timeout: int = 600):
+    """Run snakemake on the project's Snakefile in `workdir`; returns (returncode, output)."""
+    command = [sys.executable, "-c", WITH_STAND_INS] if stand_ins else [sys.executable, "-m", "snakemake"]
+    command += ["-s", str(SNAKEFILE), "-d", str(workdir), *args]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run as {rule: count}; {} if nothing is to be done."""
+    if "Job stats:" not in output:
+        return {}
+    block = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match[1]] = int(match[2])
+    return counts
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def default_config() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+# ----------------------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["datasets"]["synthetic"].update(sourc="synth"),
+     "unknown config key 'datasets.synthetic.sourc'; did you mean source?"),
+    (lambda c: c["tables"]["demo"].update(shots=[0]),
+     "config key 'tables.demo.shots.0': 0 is less than the minimum of 1"),
+    (lambda c: c["datasets"]["synthetic"]["SS"]["train"].update(lrr=0.1),
+     "in datasets.synthetic.SS: unknown config key 'train.lrr'; did you mean train.lr?"),
+    (lambda c: c["datasets"]["synthetic"]["SS"]["train"].update(iterations="many"),
+     "config key 'train.iterations' needs an integer, got 'many'"),
+    (lambda c: c["run"].update(data={"root": "elsewhere"}),
+     "run.data.root is set by the workflow"),
+    (lambda c: c["tables"]["demo"].update(methods=["FT", "PFIS"]),
+     "unknown method 'PFIS' (did you mean PIFS"),
+    (lambda c: c["tables"]["demo"].update(tasks=["5-0", "5-9"]),
+     "tables.demo.tasks: unknown task '5-9'"),
+    (lambda c: c["overrides"].update(x={"when": {"setting": "XS"}, "set": {}}),
+     "overrides.x.when.setting: 'XS' is not one of SS, MS"),
+])
+def test_invalid_config_is_named(tmp_path, edit, message):
+    cfg = default_config()
+    edit(cfg)
+    rc, out = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert rc != 0
+    assert message in out, out[-2000:]
+    assert "Invalid config" in out
+
+
+def test_schema_fills_defaults(tmp_path):
+    """A minimal config works: defaults come from the schema (class index on, models temp)."""
+    cfg = {"datasets": {"synthetic": {"source": "synth"}},
+           "tables": {"t": {"dataset": "synthetic", "tasks": ["5-1"], "methods": ["FT"],
+                            "shots": [1], "ishots": [0]}}}
+    rc, out = snakemake(tmp_path, "-n", "-p", "--configfile", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert rc == 0, out[-2000:]
+    assert job_counts(out) == {"synth_synthetic": 1, "class_index": 1, "train_step0": 1,
+                               "train_step": 1, "table": 1, "all": 1, "total": 6}
+    assert "ifss synth --out data/synthetic --seed 0 --train 200 --val 40 --size 64" in out
+    assert "--set data.class_index=resources/splits/synthetic/class_index.json" in out
+
+
+# ----------------------------------------------------------------------------- the DAG
+
+
+def test_default_config_builds_every_table_kind(tmp_path):
+    rc, out = snakemake(tmp_path, "-n")
+    assert rc == 0, out[-2000:]
+    counts = job_counts(out)
+    cfg = default_config()["tables"]["demo"]
+    from ifss.methods.registry import METHODS
+
+    methods = [m for m in cfg["methods"] if m in METHODS]
+    runs = len(methods) * len(cfg["shots"]) * len(cfg["ishots"])
+    assert counts["train_step"] == runs * (1 + 5)  # 5-0: one step; 5-0m: five steps
+    assert counts["table"] == 1 and counts["synth_synthetic"] == 1
+    assert len(cfg["shots"]) >= 2 and len(cfg["ishots"]) >= 2 and {"FT", "COS"} <= set(methods)
+
+
+def test_paper_configs_dry_run_is_fast(tmp_path, record_property):
+    started = time.perf_counter()
+    rc, out = snakemake(tmp_path, "-n", "--quiet", "all", "--configfile", *map(str, PAPER_CONFIGS),
+                        stand_ins=True)
+    seconds = time.perf_counter() - started
+    assert rc == 0, out[-3000:]
+    counts = job_counts(out)
+    record_property("paper_dry_run_seconds", round(seconds, 2))
+    record_property("paper_dry_run_jobs", counts["total"])
+    print(f"\ndry run of both paper configs: {counts['total']} jobs in {seconds:.1f} s")
+    # 11 methods x 9 (shot, split) x (VOC: 4 SS + 4 MS x 5 steps; COCO: 4 SS + 4 MS x 4 steps)
+    assert counts["train_step"] == 11 * 9 * ((4 + 4 * 5) + (4 + 4 * 4)) == 4356
+    # step 0 per fold and base method (FT, COS, DWI, RT, SPN); 5-im/20-im reuse 5-i/20-i
+    assert counts["train_step0"] == 2 * 4 * 5
+    assert counts["download_voc"] == counts["download_coco"] == counts["weights"] == 1
+    assert counts["table"] == 2 and counts["total"] == 4404
+    assert seconds < 30, f"dry run took {seconds:.1f} s (target: under 10 s on an idle machine)"
+
+
+def test_paper_configs_validate_with_the_real_registry(tmp_path):
+    """Unregistered paper methods: one warning line, left out; everything else plans."""
+    for config in PAPER_CONFIGS:
+        rc, out = snakemake(tmp_path, "-n", "--quiet", "all", "--configfile", str(config))
+        assert rc == 0, out[-3000:]
+        warnings = [line for line in out.splitlines() if "not registered yet" in line]
+        assert len(warnings) <= 1
+
+
+def test_paper_configs_share_run_and_methods():
+    """The two paper files merge: what they share is identical, the rest is per dataset."""
+    voc, coco = (yaml.safe_load(p.read_text()) for p in PAPER_CONFIGS)
+    assert voc["run"] == coco["run"] and voc["methods"] == coco["methods"]
+    assert not set(voc["overrides"]) & set(coco["overrides"])
+    assert not set(voc["datasets"]) & set(coco["datasets"])
+
+
+def test_paper_params_match_registered_methods():
+    """Every `params` key of the paper configs is a field of its (registered) method's Params."""
+    import dataclasses
+
+    from ifss.methods.registry import METHODS, get_method_class
+
+    for config in PAPER_CONFIGS:
+        for name, method in yaml.safe_load(config.read_text())["methods"].items():
+            if name not in METHODS or not method:
+                continue
+            fields = {f.name for f in dataclasses.fields(get_method_class(name).Params)}
+            unknown = set(method.get("params") or {}) - fields
+            assert not unknown, f"{config.name}: methods.{name}.params {sorted(unknown)} not in {sorted(fields)}"
+
+
+def test_one_run_plans_only_that_run_and_its_inputs(tmp_path):
+    rc, out = snakemake(tmp_path, "results/runs/voc/5-0m/PIFS/s1-i0/step3/metrics.json", "-n",
+                        "--quiet", "all", "--configfile", *map(str, PAPER_CONFIGS), stand_ins=True)
+    assert rc == 0, out[-3000:]
+    assert job_counts(out) == {"download_voc": 1, "weights": 1, "class_index": 1,
+                               "train_step0": 1, "train_step": 3, "total": 7}
+
+
+def test_multi_step_chain_and_inputs(tmp_path):
+    rc, out = snakemake(tmp_path, "-n", "-p", "results/runs/coco/20-1m/DWI/s2-i1/step2/metrics.json",
+                        "--configfile", *map(str, PAPER_CONFIGS), stand_ins=True)
+    assert rc == 0, out[-3000:]
+    # step 2 <- step 1 <- DWI step 0 of 20-1 (shared with 20-1m) <- COS step 0 <- data + weights
+    assert "--previous results/runs/coco/20-1m/DWI/s2-i1/step1/model.pt" in out
+    assert "--previous results/runs/coco/20-1/step0/DWI/model.pt" in out
+    assert "--set previous=results/runs/coco/20-1/step0/COS/model.pt" in out
+    assert "--set model.pretrained=resources/weights/resnet101_iabn.pth" in out
+    assert "--set train.iterations=1000 --set train.lr=0.001" in out  # COCO-MS
+    assert "--coco-source stuffthingmaps" in out
+
+
+@pytest.mark.parametrize("target, message", [
+    ("results/runs/synthetic/5-0/PFIS/s1-i0/step1/metrics.json",
+     "unknown method 'PFIS' (did you mean PIFS"),
+    ("results/runs/synthetic/5-9/FT/s1-i0/step1/metrics.json",
+     "unknown task '5-9'"),
+    ("results/runs/synthetic/5-0/FT/s50-i0/step1/metrics.json",
+     "unknown shot s50: nshot must be 1..10"),
+    ("results/runs/synthetic/5-0/FT/s1-i0/step2/metrics.json",
+     "task '5-0' has few-shot steps 1..1, not step2"),
+    ("results/runs/synthetic/5-0/step0/WI/metrics.json",
+     "method 'WI' has no step-0 run"),
+    ("results/runs/voc/5-0/FT/s1-i0/step1/metrics.json",
+     "unknown dataset 'voc'; valid datasets (under `datasets` in the config): synthetic"),
+    ("results/tables/nosuch.csv",
+     "unknown table 'nosuch'; valid tables (under `tables` in the config): demo"),
+])
+def test_unknown_target_names_fail_clearly(tmp_path, target, message):
+    rc, out = snakemake(tmp_path, "-n", target, stand_ins=True)
+    assert rc != 0
+    assert message in out, out[-2000:]
+
+
+def test_lint_is_clean(tmp_path):
+    for extra in ([], ["--configfile", *map(str, PAPER_CONFIGS)]):
+        rc, out = snakemake(tmp_path, "--lint", *extra)
+        assert rc == 0, out[-3000:]
+        assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+        assert "Lints for" not in out
+
+
+# ----------------------------------------------------------------------------- end to end
+
+E2E_CONFIG = {
+    "run": {"seed": 1, "train": {"device": "cpu", "checkpoint_every": 0, "log_every": 5}},
+    "datasets": {"synthetic": {
+        "source": "synth", "root": "data/synthetic",
+        "synth": {"seed": 0, "train": 160, "val": 20, "size": 48},
+        "run": {"model": {"backbone": "resnet_tiny", "head_channels": 16},
+                "data": {"crop_size": 48, "fewshot_stride": 3}, "eval": {"batch_size": 20}},
+        "step0": {"train": {"iterations": 15, "lr": 0.01}, "data": {"batch_size": 8}},
+        "SS": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 2}},
+        "MS": {"train": {"iterations": 1, "lr": 0.001}, "data": {"batch_size": 2}},
+    }},
+    "methods": {"FT": {}, "COS": {}},
+    "tables": {"e2e": {"dataset": "synthetic", "tasks": ["5-0", "5-0m"], "methods": ["FT", "COS"],
+                       "shots": [1, 2], "ishots": [0, 1]}},
+}
+ONE_RUN = "results/runs/synthetic/5-0/FT/s1-i0/step1/metrics.json"
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """The reduced synthetic matrix run for real: synth -> index -> step 0 -> steps -> table."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    config = write_config(workdir / "e2e.yaml", E2E_CONFIG)
+    started = time.perf_counter()
+    rc, out = snakemake(workdir, "--cores", "2", "--configfile", str(config), "--show-failed-logs")
+    seconds = time.perf_counter() - started
+    assert rc == 0, out[-5000:]
+    print(f"\nend-to-end synthetic workflow: {job_counts(out).get('total')} jobs in {seconds:.0f} s")
+    return workdir, config, out
+
+
+@pytest.mark.slow
+def test_e2e_tables(e2e):
+    import pandas as pd
+
+    workdir, _, out = e2e
+    assert job_counts(out)["train_step"] == 2 * 2 * 2 * (1 + 5)
+    tables = workdir / "results" / "tables"
+    summary = pd.read_csv(tables / "e2e.csv").set_index("method")
+    assert list(summary.index) == ["FT", "COS"]
+    for setting in ("SS", "MS"):
+        for shot in (1, 2):
+            assert (summary[f"{setting} {shot}-shot n"] == 2).all()
+            for metric in ("mIoU-B", "mIoU-N", "HM"):
+                assert summary[f"{setting} {shot}-shot {metric} mean"].between(0, 100).all()
+    runs = pd.read_csv(tables / "e2e_runs.csv")
+    assert len(runs) == 16 and set(runs["step"]) == {1, 5}
+    per_class = pd.read_csv(tables / "e2e_per_class.csv")
+    assert len(per_class) == 8 * 21 + 8 * 21  # 5-0 step 1 and 5-0m step 5 both see all 21 classes
+    assert " ± " in (tables / "e2e.md").read_text()
+
+
+@pytest.mark.slow
+def test_e2e_models_kept_and_dropped(e2e):
+    workdir = e2e[0]
+    step0 = workdir / "results/runs/synthetic/5-0/step0/FT/model.pt"
+    assert step0.is_file() and not step0.stat().st_mode & 0o222  # protected: read-only
+    assert not (workdir / "results/runs/synthetic/5-0m/5-0m").exists()
+    assert not (workdir / "results/runs/synthetic/5-0m/step0").exists()  # shares 5-0's step 0
+    for run in ("5-0/FT/s1-i0/step1", "5-0m/COS/s2-i1/step3", "5-0m/COS/s2-i1/step5"):
+        assert (workdir / "results/runs/synthetic" / run / "metrics.json").is_file()
+        assert not (workdir / "results/runs/synthetic" / run / "model.pt").exists()  # temp()
+
+
+@pytest.mark.slow
+def test_e2e_second_request_runs_nothing(e2e):
+    workdir, config, _ = e2e
+    for target in ([], [ONE_RUN]):
+        rc, out = snakemake(workdir, "-n", *target, "--configfile", str(config))
+        assert rc == 0 and "Nothing to be done" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_e2e_editing_another_method_reruns_nothing(e2e, tmp_path):
+    workdir, _, _ = e2e
+    cfg = copy.deepcopy(E2E_CONFIG)
+    cfg["methods"]["COS"] = {"params": {}, "fewshot": {"train": {"lr": 0.005}}}
+    cfg["methods"]["WI"] = {"fewshot": {"train": {"iterations": 0}}}
+    edited = str(write_config(tmp_path / "edited.yaml", cfg))
+    rc, out = snakemake(workdir, "-n", ONE_RUN, "--configfile", edited)  # an FT run
+    assert rc == 0 and "Nothing to be done" in out, out[-3000:]
+    rc, out = snakemake(workdir, "-n", "--configfile", edited)
+    assert rc == 0, out[-3000:]
+    counts = job_counts(out)
+    # only COS's few-shot steps (its step 0 settings did not change), then the table
+    assert counts == {"train_step": 2 * 2 * (1 + 5), "table": 1, "all": 1, "total": 26}, out[-3000:]
+    planned = [line for line in out.splitlines() if line.strip().startswith("output:")]
+    assert planned and not any("/FT/" in line for line in planned)
