@@ -91,3 +91,34 @@ def mib_initialise(weight: torch.Tensor, bias: torch.Tensor | None, new: slice) 
         value = bias[0] - math.log(count + 1)
         bias[new] = value
         bias[0] = value
+
+
+def info_nce(
+    pos: torch.Tensor, neg: torch.Tensor, pos_mask: torch.Tensor | None = None,
+    neg_mask: torch.Tensor | None = None, temperature: float = 0.1,
+    base_temperature: float = 0.07, anchor_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MCLOS's pixel-to-memory InfoNCE from the anchors' cosine similarities to their positives
+    (A x P) and negatives (A x Q); masks (same shapes, bool) drop entries. With s = cos / T:
+
+        l_a = -(T / T_base) * mean_{p valid} [ s_p - log(e^{s_p} + sum_{n valid} e^{s_n}) ]
+
+    averaged over the anchors (anchor_mask, A bool) with at least one valid positive; zero (with
+    a graph) when there is none. Computed in float32."""
+    pos, neg = pos.float() / temperature, neg.float() / temperature
+    if pos_mask is None:
+        pos_mask = torch.ones_like(pos, dtype=torch.bool)
+    if neg_mask is not None:
+        neg = neg.masked_fill(~neg_mask, -1e9)  # e^{-1e9} = 0, and stays finite in backward
+    if neg.shape[1] == 0:
+        neg = pos.new_full((pos.shape[0], 1), -1e9)
+    lse_neg = torch.logsumexp(neg, dim=1, keepdim=True)
+    log_prob = pos - torch.logaddexp(pos, lse_neg)
+    npos = pos_mask.sum(1)
+    per_anchor = -(temperature / base_temperature) * (
+        (log_prob * pos_mask).sum(1) / npos.clamp_min(1))
+    weight = npos > 0
+    if anchor_mask is not None:
+        weight = weight & anchor_mask
+    weight = weight.to(per_anchor.dtype)
+    return (per_anchor * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,4 +1,7 @@
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,43 @@ def tiny_overrides(root: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files; answers `Range: bytes=N-` with 206 when the server allows ranges."""
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if rng and self.server.ranges and path.is_file() and rng.startswith("bytes="):
+            start = int(rng[len("bytes="):].split("-")[0])
+            data = path.read_bytes()
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(folder served, base URL, server) for one test."""
+    www = tmp_path / "www"
+    www.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(www)))
+    httpd.requests, httpd.ranges = [], True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
+    httpd.shutdown()
+    httpd.server_close()

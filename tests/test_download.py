@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import socket
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -17,46 +14,6 @@ import pytest
 
 from ifss.download import download_file, file_hash, safe_extract, verify_file
 from ifss.errors import IfssError
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files; answers `Range: bytes=N-` with 206 when the server allows ranges."""
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def do_GET(self):
-        self.server.requests.append((self.path, self.headers.get("Range")))
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if rng and self.server.ranges and path.is_file() and rng.startswith("bytes="):
-            start = int(rng[len("bytes="):].split("-")[0])
-            data = path.read_bytes()
-            if start >= len(data):
-                self.send_error(416)
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.send_header("Content-Length", str(len(data) - start))
-            self.end_headers()
-            self.wfile.write(data[start:])
-            return
-        super().do_GET()
-
-
-@pytest.fixture
-def server(tmp_path):
-    """(folder served, base URL, server) for one test."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(www)))
-    httpd.requests, httpd.ranges = [], True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _md5(data: bytes) -> str:

@@ -201,7 +201,9 @@ def test_multi_step_chain_and_inputs(tmp_path):
     assert "--previous results/runs/coco/20-1/step0/DWI/model.pt" in out
     assert "--set previous=results/runs/coco/20-1/step0/COS/model.pt" in out
     assert "--set model.pretrained=resources/weights/resnet101_iabn.pth" in out
-    assert "--set train.iterations=1000 --set train.lr=0.001" in out  # COCO-MS
+    dwi_step = next(line for line in out.splitlines() if "step2/metrics.json) --previous" in line)
+    for pair in ("train.lr=0.001", "train.iterations=0", "train.epochs=0", "data.batch_size=10"):
+        assert f"--set {pair} " in dwi_step  # COCO-MS, with DWI's no-SGD override
     assert "--coco-source stuffthingmaps" in out
 
 

@@ -1,0 +1,1 @@
+"""Datasets, incremental filtering and remapping, few-shot sampling, transforms."""

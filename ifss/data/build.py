@@ -1,0 +1,65 @@
+"""The train and test sets of one step of one run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ifss.config import RunConfig
+from ifss.data import fewshot, incremental, transforms
+from ifss.data.index import images_per_class, load_image_classes
+from ifss.data.layout import Layout, layout_for
+from ifss.data.segmentation import SegmentationSet
+from ifss.errors import IfssError
+from ifss.tasks import Task
+
+
+@dataclass
+class StepData:
+    task: Task
+    step: int
+    train: SegmentationSet  # augmented
+    train_plain: SegmentationSet  # same samples, no augmentation (imprinting, prototypes)
+    test: SegmentationSet
+    image_classes: dict[str, list[int]]  # train image id -> original class ids it holds
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.task.order(self.step))
+
+
+def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]]):
+    """Step 0: every train image with only base classes. Step k: the few-shot images."""
+    if cfg.step == 0:
+        lut = incremental.base_lut(task)
+        ids = [i for i, cs in image_classes.items() if incremental.keeps_image_at_step0(cs, task)]
+        if not ids:
+            raise IfssError(f"no train image of {cfg.dataset} holds only base classes of {task.name}")
+        return [(i, lut) for i in ids]
+    new = task.new_classes(cfg.step)
+    if cfg.data.fewshot_lists:
+        lists = fewshot.load_fewshot_lists(cfg.data.fewshot_lists, cfg.dataset)
+        pairs = fewshot.sample_from_lists(lists, new, cfg.nshot, cfg.ishot)
+    else:
+        pairs = fewshot.sample_fewshot(
+            images_per_class(image_classes), new, cfg.nshot, cfg.ishot, cfg.data.fewshot_stride
+        )
+    return [(i, incremental.fewshot_lut(task, cfg.step, c)) for i, c in pairs]
+
+
+def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None) -> StepData:
+    layout = layout or layout_for(cfg.dataset, cfg.data.root)
+    layout.check()
+    image_classes = load_image_classes(layout, "train", task.label_space, cfg.data.class_index)
+    samples = train_samples(cfg, task, image_classes)
+    num_classes = len(task.order(cfg.step))
+    common = dict(label_space=task.label_space, num_classes=num_classes)
+    d = cfg.data
+    train = SegmentationSet(
+        layout, "train", samples,
+        transforms.train_transform(d.crop_size, d.scale_min, d.scale_max), **common,
+    )
+    plain = SegmentationSet(layout, "train", samples, transforms.test_transform(), **common)
+    lut = incremental.test_lut(task, cfg.step)
+    test = SegmentationSet(
+        layout, "val", [(i, lut) for i in layout.ids("val")], transforms.test_transform(), **common
+    )
+    return StepData(task, cfg.step, train, plain, test, image_classes)
