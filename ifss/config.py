@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 0  # > 0 fixes the iteration count; else epochs x batches per epoch
+    iterations: int = -1  # >= 0 fixes the iteration count (0: no gradient step); -1: epochs
     epochs: int = 30  # PIFS's step-0 schedule
     lr: float = 0.01
     momentum: float = 0.9

@@ -67,7 +67,9 @@ def poly_schedule(optimizer, total: int, power: float):
 
 
 def total_iterations(cfg: RunConfig, batches: ResumableBatches) -> int:
-    return cfg.train.iterations if cfg.train.iterations > 0 else cfg.train.epochs * batches.per_epoch
+    if cfg.train.iterations >= 0:
+        return cfg.train.iterations
+    return cfg.train.epochs * batches.per_epoch
 
 
 def _rng_state(runtime: Runtime) -> dict:

@@ -43,6 +43,7 @@ def setting_of(num_steps: int) -> str:
 
 
 def load_metrics(paths: Iterable[str | Path]) -> list[dict]:
+    """The metrics.json records of `paths` (at least one), each checked for the keys tables use."""
     records = []
     for path in paths:
         path = Path(path)
@@ -50,11 +51,13 @@ def load_metrics(paths: Iterable[str | Path]) -> list[dict]:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise IfssError(f"metrics file {path} cannot be read ({err}); rerun its job") from None
-        missing = [k for k in RUN_KEYS + ("miou_base", "miou_novel") if k not in record]
+        missing = [k for k in RUN_KEYS + ("miou_base", "miou_novel", "iou") if k not in record]
         if missing:
             raise IfssError(f"metrics file {path} lacks {', '.join(missing)}; rerun its job")
         record["_path"] = str(path)
         records.append(record)
+    if not records:
+        raise IfssError("a table needs at least one metrics.json; its config names no run")
     return records
 
 
@@ -77,11 +80,7 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
             "seed": r.get("seed"), "iterations": r.get("iterations"),
             "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "metrics": r["_path"],
         })
-    frame = pd.DataFrame(rows, columns=[
-        "dataset", "task", "setting", "method", "base_method", "nshot", "ishot", "step",
-        "num_steps", "mIoU-B", "mIoU-N", "mIoU-all", "HM", "pixel_accuracy", "seed",
-        "iterations", "wall_time_s", "device", "metrics",
-    ])
+    frame = pd.DataFrame(rows)
     for col in ("mIoU-B", "mIoU-N", "mIoU-all", "HM", "pixel_accuracy"):
         frame[col] = frame[col].astype(float)
     return frame.sort_values(["setting", "method", "nshot", "task", "ishot"], kind="stable",
@@ -103,44 +102,35 @@ def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
                 "class_index": index, "class_id": class_id, "class": name,
                 "novel": index >= num_base, "IoU": _pct(iou),
             })
-    frame = pd.DataFrame(rows, columns=[
-        "dataset", "task", "setting", "method", "nshot", "ishot", "step", "class_index",
-        "class_id", "class", "novel", "IoU",
-    ])
+    frame = pd.DataFrame(rows)
     frame["IoU"] = frame["IoU"].astype(float)
     return frame
 
 
 def summary_frame(runs: pd.DataFrame, methods: Sequence[str] | None = None,
                   shots: Sequence[int] | None = None) -> pd.DataFrame:
-    """Rows = methods; columns = (setting, shot, metric, stat) with stat in mean/std and, per
-    (setting, shot), the run count n. Values in percent, unrounded."""
+    """Rows = methods (those with runs, in the given order); columns = (setting, shot, metric,
+    stat) with stat mean/std, plus the run count (setting, shot, "n", ""). Percent, unrounded."""
     methods = list(methods) if methods is not None else list(dict.fromkeys(runs["method"]))
     shots = sorted(shots if shots is not None else runs["nshot"].unique())
-    columns, data = [], {}
+    data = {}
     for setting in SETTINGS:
         for nshot in shots:
             cell = runs[(runs["setting"] == setting) & (runs["nshot"] == nshot)]
             if cell.empty:
                 continue
-            groups = cell.groupby("method")
-            mean, std = groups[["mIoU-B", "mIoU-N", "HM"]].mean(), groups[["mIoU-B", "mIoU-N", "HM"]].std()
-            count = groups.size()
+            groups = cell.groupby("method")[list(METRICS)]
+            mean, std = groups.mean(), groups.std()
+            mean["HM"] = [harmonic_mean(b, n) for b, n in zip(mean["mIoU-B"], mean["mIoU-N"])]
             for metric in METRICS:
-                for stat in ("mean", "std"):
-                    columns.append((setting, nshot, metric, stat))
-                    if metric == "HM" and stat == "mean":
-                        values = {m: harmonic_mean(mean.at[m, "mIoU-B"], mean.at[m, "mIoU-N"])
-                                  for m in mean.index}
-                    else:
-                        values = (mean if stat == "mean" else std)[metric].to_dict()
-                    data[columns[-1]] = [values.get(m) for m in methods]
-            columns.append((setting, nshot, "n", ""))
-            data[columns[-1]] = [int(count.get(m, 0)) for m in methods]
-    frame = pd.DataFrame(data, index=pd.Index(methods, name="method"), columns=columns)
-    frame.columns = pd.MultiIndex.from_tuples(columns, names=["setting", "shot", "metric", "stat"])
-    present = frame.xs("n", axis=1, level="metric").sum(axis=1) > 0 if len(columns) else []
-    return frame[present] if len(columns) else frame
+                data[(setting, nshot, metric, "mean")] = mean[metric].reindex(methods)
+                data[(setting, nshot, metric, "std")] = std[metric].reindex(methods)
+            data[(setting, nshot, "n", "")] = groups.size().reindex(methods, fill_value=0)
+    frame = pd.DataFrame(data, index=pd.Index(methods, name="method"))
+    if not data:
+        return frame
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["setting", "shot", "metric", "stat"])
+    return frame[frame.xs("n", axis=1, level="metric").sum(axis=1) > 0]
 
 
 def _flat_name(setting, shot, metric, stat) -> str:

@@ -60,14 +60,17 @@ def run_logging(run_dir: Path, runtime: Runtime):
             handler.close()
 
 
-def resolve(cfg: RunConfig):
-    """Validate names and fill in the method's hyper-parameters explicitly."""
+def resolve(cfg: RunConfig, training: bool = True):
+    """Validate names and fill in the method's hyper-parameters explicitly; `training` also
+    checks that the run has the model it starts from."""
     task = get_task(cfg.dataset, cfg.task)
     task.check_step(cfg.step)
     info = method_info(cfg.method)
     method_cls = get_method_class(cfg.method)
     params = from_dict(method_cls.Params, cfg.params, prefix="params.")
     cfg = dataclasses.replace(cfg.resolved(), params=dataclasses.asdict(params))
+    if not training:
+        return cfg, task, info, method_cls, params
     if cfg.step == 0 and not info.step0:
         raise IfssError(
             f"method {info.name} has no step-0 training; its step 1 starts from the step-0 run of "
@@ -138,7 +141,8 @@ def check_base(ckpt: dict, path, cfg: RunConfig, info) -> None:
     elif trained_by != cfg.method:
         raise IfssError(
             f"step {cfg.step} of method {cfg.method} continues its step-{cfg.step - 1} model, but "
-            f"{path} was trained by {trained_by}; give the {cfg.method} step-{cfg.step - 1} model.pt"
+            f"{path} was trained by {trained_by}; give the {cfg.method} step-{cfg.step - 1} "
+            "model.pt"
         )
 
 
@@ -153,14 +157,15 @@ def load_previous(model, ckpt: dict, path) -> None:
                         "was it trained with another backbone or model config?")
 
 
-def build_previous_models(cfg: RunConfig, task: Task, info, runtime: Runtime, uses_old: bool):
+def build_previous_models(cfg: RunConfig, task: Task, info, runtime: Runtime, method_cls):
     """The model of this step (old weights loaded) and, if the method needs it, a frozen copy of
     the previous step's model."""
     step_for_file = cfg.step - 1 if cfg.step > 0 else 0
-    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier)
-    if not cfg.previous:
+    ckpt = load_checkpoint(cfg.previous) if cfg.previous else None
+    options = method_cls.model_options(cfg, ckpt["model"] if ckpt else None)
+    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier, **options)
+    if ckpt is None:
         return model, None, None
-    ckpt = load_checkpoint(cfg.previous)
     check_classes(ckpt, cfg.previous, task, step_for_file)
     check_base(ckpt, cfg.previous, cfg, info)
     if cfg.step > 0:
@@ -168,8 +173,9 @@ def build_previous_models(cfg: RunConfig, task: Task, info, runtime: Runtime, us
     else:
         model.load_state_dict(ckpt["model"])
     old = None
-    if uses_old:
-        old = build_model(cfg.model, task.classes_per_step(step_for_file), info.classifier)
+    if method_cls.uses_old_model:
+        old = build_model(cfg.model, task.classes_per_step(step_for_file), info.classifier,
+                          **options)
         old.load_state_dict(ckpt["model"])
         old.to(runtime.device).eval().requires_grad_(False)
     return model, old, ckpt.get("method", {})
@@ -239,9 +245,7 @@ def _train(cfg, task, info, method_cls, params, run_dir: Path, runtime: Runtime)
     seed_everything(cfg.seed)
     data = build_step_data(cfg, task)
     method = method_cls(params, cfg, runtime)
-    model, old_model, method_state = build_previous_models(
-        cfg, task, info, runtime, method_cls.uses_old_model
-    )
+    model, old_model, method_state = build_previous_models(cfg, task, info, runtime, method_cls)
     if method_state:
         method.load_state_dict(method_state)
     if runtime.distributed and runtime.device.type == "cuda":
@@ -287,7 +291,7 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
     ckpt = load_checkpoint(checkpoint)
     saved = json.loads(ckpt["meta"]["config"])
     cfg = from_dict(RunConfig, merge(saved, overrides))
-    cfg, task, info, method_cls, params = resolve(dataclasses.replace(cfg, previous=""))
+    cfg, task, info, method_cls, params = resolve(cfg, training=False)
     check_classes(ckpt, checkpoint, task, cfg.step)
     out_dir = Path(out_dir)
     runtime = setup(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
@@ -295,7 +299,8 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
         started = time.time()
         ensure_dataset(cfg)
         data = build_step_data(cfg, task)
-        model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier)
+        model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier,
+                            **method_cls.model_options(cfg, ckpt["model"]))
         model.load_state_dict(ckpt["model"])
         model.to(runtime.device)
         method = method_cls(params, cfg, runtime)

@@ -395,7 +395,7 @@ def all_targets() -> list:
     return [path for name in TABLES for path in table_outputs(name)]
 
 
-# ----------------------------------------------------------------------------- rules/data.smk, rules/weights.smk
+# ----------------------------------------------------------------------------- data and weights rules
 
 
 def marker_dir(wildcards, output):
@@ -436,7 +436,7 @@ def weights_mirror(wildcards):
     return f"--mirror {shlex.quote(mirror)}" if mirror else ""
 
 
-# ----------------------------------------------------------------------------- rules/train.smk
+# ----------------------------------------------------------------------------- training rules
 
 
 def maybe_temp(path):
@@ -507,7 +507,7 @@ def step_sets(wildcards):
     return set_args(fixed, fragment)
 
 
-# ----------------------------------------------------------------------------- rules/tables.smk
+# ----------------------------------------------------------------------------- table rule
 
 
 def table_inputs(wildcards):

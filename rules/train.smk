@@ -37,7 +37,7 @@ rule train_step:
         "logs/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}.log",
     benchmark:
         "benchmarks/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}.tsv"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
     conda:

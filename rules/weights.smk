@@ -13,10 +13,9 @@ rule weights:
     log:
         "logs/weights/{name}.log",
     localrule: True
-    retries: 2
     conda:
         "../envs/ifss.yaml"
     shell:
         'got=$(ifss weights {wildcards.name} --dest {params.dest} {params.mirror} 2> {log})'
-        ' && got=$(basename "$got")'
+        ' || {{ cat {log} >&2; exit 1; }}; got=$(basename "$got")'
         ' && if [ "$got" != "$(basename {output.file})" ]; then ln -sfn "$got" {output.file}; fi'

@@ -179,3 +179,21 @@ def test_dwi_cool_down_state_travels_to_step1(synth_root, cos0, tmp_path):
     # unit vectors (norm <= 1), unlike a random init
     w = saved["model"]["classifier.convs.1.weight"].view(5, -1) / a
     assert (w.norm(dim=1) <= 1 + 1e-5).all()
+
+
+def test_wi_multi_step_chain_and_wrong_previous_method(synth_root, cos0, tmp_path):
+    from ifss.errors import IfssError
+
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    extra = dict(method="WI", task="5-0m", nshot=1, **NO_TRAINING)
+    run_ms = lambda out, **kw: train_run(  # noqa: E731
+        build_config(None, tiny_overrides(synth_root, **{**extra, **kw})), out)
+    run_ms(s1, step=1, previous=cos0)
+    m2 = run_ms(s2, step=2, previous=s1 / "model.pt")
+    assert len(m2["iou"]) == 18
+    a, b = (torch.load(p / "model.pt", weights_only=True)["model"] for p in (s1, s2))
+    assert torch.equal(a["classifier.convs.1.weight"], b["classifier.convs.1.weight"])
+    assert b["classifier.convs.2.weight"].flatten(1).norm(dim=1).item() == pytest.approx(1.0)
+    with pytest.raises(IfssError, match="step 2 of method COS continues its step-1 model, but "
+                                        ".* was trained by WI; give the COS step-1 model.pt"):
+        run_ms(tmp_path / "x", step=2, method="COS", previous=s1 / "model.pt")

@@ -1,4 +1,4 @@
-"""Batch renormalisation with frozen statistics against its formula; PIFS runs; wrong step-0 base."""
+"""Batch renormalisation with frozen statistics against its formula; PIFS; wrong step-0 base."""
 import copy
 
 import pytest
@@ -183,6 +183,6 @@ def test_wrong_step0_base_names_the_right_one(synth_root, cos0, tmp_path, method
 
 
 def test_dwi_step1_needs_the_dwi_step0_model(synth_root, cos0, tmp_path):
-    with pytest.raises(IfssError, match="starts from the step-0 model of DWI, but .* was trained by COS"):
+    with pytest.raises(IfssError, match="step-0 model of DWI, but .* was trained by COS"):
         run(synth_root, tmp_path / "x", method="DWI", step=1, nshot=1, previous=cos0,
             **{"train.iterations": 0, "train.epochs": 0})

@@ -57,6 +57,8 @@ def test_step1_fewshot(step0, synth_root, tmp_path, nshot):
     assert m["miou_novel"] is not None and m["hm"] is not None
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["meta"]["classes_per_step"] == [16, 5]
+    assert run_cli("eval", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "ev")) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["iou"] == pytest.approx(m["iou"])
     old = torch.load(step0 / "model.pt", weights_only=True)["model"]
     # the old classifier was loaded (then fine-tuned): same shape, and training moved it
     assert ckpt["model"]["classifier.convs.0.weight"].shape == old["classifier.convs.0.weight"].shape

@@ -198,7 +198,7 @@ def read_fasttext_vectors(path: str | Path, words: Iterable[str]) -> dict[str, n
     """Vectors of `words` from a fastText .vec text file (or a .zip holding one): first line
     "count dim", then one "word v1 ... vdim" per line."""
     path, words = Path(path), list(words)
-    wanted = _wanted(words)
+    wanted, exact = _wanted(words), set(words)
     found: dict[str, np.ndarray] = {}
     lines = _fasttext_lines(path)
     try:
@@ -214,7 +214,8 @@ def read_fasttext_vectors(path: str | Path, words: Iterable[str]) -> dict[str, n
                 raise IfssError(f"{path}: the vector of {word!r} has {values.size} values, "
                                 f"not {dim}; the file is damaged, download it again")
             found[word] = values
-            if len(found) == len(wanted):
+            exact.discard(word)
+            if not exact:  # every word found as spelt: the rest of the file cannot matter
                 break
     return _pick(found, words)
 
@@ -241,7 +242,7 @@ def read_word2vec_vectors(path: str | Path, words: Iterable[str]) -> dict[str, n
     """Vectors of `words` from a word2vec binary file (gzipped if it ends in .gz): a header
     line "count dim", then per word its UTF-8 bytes, a space and dim little-endian float32."""
     path, words = Path(path), list(words)
-    wanted = _wanted(words)
+    wanted, exact = _wanted(words), set(words)
     found: dict[str, np.ndarray] = {}
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -255,7 +256,8 @@ def read_word2vec_vectors(path: str | Path, words: Iterable[str]) -> dict[str, n
                 word = raw.decode("utf-8", errors="replace")
                 if word in wanted and word not in found:
                     found[word] = np.frombuffer(vector, dtype="<f4").astype(np.float32)
-                    if len(found) == len(wanted):
+                    exact.discard(word)
+                    if not exact:
                         break
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise IfssError(f"{path} cannot be read ({err}); delete it and download it "

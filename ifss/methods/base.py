@@ -27,6 +27,12 @@ class Method:
         self.step = cfg.step
         self.old_model: nn.Module | None = None
 
+    @classmethod
+    def model_options(cls, cfg: RunConfig, state: dict | None = None) -> dict:
+        """Extra keyword arguments of `ifss.models.build_model` for this method's model (SPN:
+        the width of its class vectors); `state` is the checkpoint's model state, if any."""
+        return {}
+
     def prepare(self, model: nn.Module, old_model: nn.Module | None, data: StepData) -> None:
         """Before training: imprinting, classifier init, prototypes, memory banks."""
         if self.uses_old_model:

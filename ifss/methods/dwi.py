@@ -80,7 +80,8 @@ class DynamicWeightImprinting(Method):
     def __init__(self, params, cfg, runtime):
         super().__init__(params, cfg, runtime)
         if params.dyn_iter < 0 or params.dyn_lr <= 0 or params.episodes < 1:
-            raise IfssError("params.dyn_iter must be >= 0, params.dyn_lr > 0 and params.episodes >= 1")
+            raise IfssError("params.dyn_iter must be >= 0, params.dyn_lr > 0 and "
+                            "params.episodes >= 1")
         if not params.shots or min(params.shots) < 1:
             raise IfssError(f"params.shots={params.shots} must be a list of positive counts")
         if params.random_images < 0 or params.class_images < 0 or \
@@ -112,7 +113,8 @@ class DynamicWeightImprinting(Method):
         if self.generator is None:
             raise IfssError(
                 f"DWI step {self.step} needs the weight generator meta-trained at DWI step 0, and "
-                f"{self.cfg.previous} holds none; give the model.pt of the DWI step-{self.step - 1} run"
+                f"{self.cfg.previous} holds none; give the model.pt of the DWI step-"
+                f"{self.step - 1} run"
             )
         device = self.runtime.device
         self.generator.to(device)

@@ -48,7 +48,8 @@ def class_feature_sums(features: torch.Tensor, labels: torch.Tensor, num_classes
     """
     n, d = features.shape[:2]
     if tuple(features.shape[-2:]) != tuple(labels.shape[-2:]):
-        raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} differ in size")
+        raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} "
+                         "differ in size")
     feats = features.float().flatten(2).transpose(1, 2).reshape(-1, d)  # (N*H*W) x D
     if normalize_pixels:
         feats = F.normalize(feats, dim=1)

@@ -34,6 +34,7 @@ METHODS: dict[str, MethodInfo] = {
                    step0=True, step0_from="COS"),
         MethodInfo("AMP", "ifss.methods.imprinting", "AdaptiveMaskedProxies", "FT", "linear"),
         MethodInfo("PIFS", "ifss.methods.pifs", "PIFS", "COS", "cosine"),
+        MethodInfo("MCLOS", "ifss.methods.mclos", "MCLOS", "MCLOS", "cosine", step0=True),
         MethodInfo("RT", "ifss.methods.retrain", "Retraining", "RT", "linear",
                    step0=True, step0_from="FT"),
         MethodInfo("SPN", "ifss.methods.spn", "SemanticProjection", "SPN", "embedding", step0=True),

@@ -2,7 +2,7 @@
 
 Step k owns channels `step_slice(k)` of the logits. A subclass says how one step turns features
 into logits (`step_logits`) and how a step's parameters are made (`make_step`); a classifier
-without trainable parameters (fixed embeddings) overrides `add_step` to register buffers instead.
+without trainable parameters (fixed embeddings) makes steps that hold a `weight` buffer instead.
 """
 from __future__ import annotations
 

@@ -1,0 +1,245 @@
+"""What the benchmark runs: one method's step-1 run set up as `ifss train` sets it up, the real
+engine over an in-memory copy of its (transformed) training samples, and the bare PyTorch loop of
+the same model over the same batches.
+
+The setup mirrors `ifss.run._train`: resolved config, step data from the synthetic dataset (real
+files, real transforms), the method, its model (random weights stand in for the step-0
+checkpoint: timing does not depend on their values), the frozen previous model when the method
+asks for one, `method.prepare`, then `engine.train`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ifss import engine
+from ifss.bench.sizes import Sizes
+from ifss.bench.timing import Stopwatch, synchronize
+from ifss.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, from_dict
+from ifss.data.build import StepData, build_step_data
+from ifss.data.segmentation import pad_collate
+from ifss.distributed import Runtime
+from ifss.losses import IGNORE
+from ifss.methods.registry import MethodInfo, get_method_class, method_info
+from ifss.models import build_model
+from ifss.tasks import get_task
+
+
+def synthetic_root(cache_dir: Path, sizes: Sizes) -> Path:
+    """The synthetic dataset at the benchmark's image size (made once, then reused)."""
+    from ifss.data.synthetic import generate
+
+    root = cache_dir / f"synthetic-{sizes.crop}px-{sizes.synth_train}-{sizes.synth_val}"
+    return generate(root, seed=0, n_train=sizes.synth_train, n_val=sizes.synth_val,
+                    size=sizes.crop)
+
+
+class MemorySet(Dataset):
+    """Already-transformed samples held in memory: the engine's loop without decoding.
+
+    Indexes like a SegmentationSet (an int or the engine's `(index, seed)` pairs) and wraps
+    around, so any number of batches can be drawn from a few samples."""
+
+    def __init__(self, samples: list[dict], num_classes: int):
+        if not samples:
+            raise ValueError("MemorySet needs at least one sample")
+        self.samples, self.num_classes = samples, num_classes
+
+    @classmethod
+    def copy_of(cls, dataset, count: int | None = None, seed: int = 0) -> "MemorySet":
+        """`count` samples of `dataset` (default: each once), transforms applied under fixed
+        seeds, as the engine draws them."""
+        count = len(dataset) if count is None else count
+        samples = [dataset[(i % len(dataset), seed + i)] for i in range(count)]
+        return cls(samples, dataset.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        return dict(self.samples[index % len(self.samples)])  # pad_collate may replace entries
+
+    def batches(self, batch_size: int, count: int, runtime: Runtime) -> list[dict]:
+        """`count` collated batches on the device, prepared outside any timing (the floor's
+        input: already where the model is)."""
+        out = []
+        for b in range(count):
+            items = [self[(b * batch_size + i) % len(self)] for i in range(batch_size)]
+            out.append(engine.to_device(pad_collate(items), runtime))
+        return out
+
+
+@dataclass
+class Setup:
+    """One method's step-1 run, prepared and ready to train."""
+
+    name: str
+    info: MethodInfo
+    cfg: RunConfig
+    runtime: Runtime
+    method: object
+    model: torch.nn.Module
+    old_model: torch.nn.Module | None
+    data: StepData
+    train_set: MemorySet
+    prepare_s: float
+    run_dir: Path
+
+    @property
+    def batch(self) -> int:
+        return min(self.cfg.data.batch_size, len(self.train_set))
+
+    def trains(self) -> bool:
+        """False for methods without a gradient step (WI, AMP, DWI at step k): every parameter
+        group frozen, which the engine refuses to train."""
+        groups = self.method.param_groups(self.model, self.cfg.train)
+        return any(g["lr_mult"] > 0 and g["params"] for g in groups)
+
+
+def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int = 1,
+               iterations: int | None = None) -> RunConfig:
+    """The run config the benchmark trains with (the paper model at the benchmark size)."""
+    return RunConfig(
+        dataset="synthetic", task=sizes.task, step=step, nshot=sizes.nshot, ishot=0,
+        method=name, seed=0,
+        data=DataConfig(root=str(root), crop_size=sizes.crop, batch_size=sizes.batch,
+                        workers=0),
+        model=ModelConfig(backbone=sizes.backbone, head_channels=sizes.head_channels,
+                          output_stride=sizes.output_stride, activation=sizes.activation),
+        # lr 1e-3: the papers' few-shot steps (at 1e-2 ILT's loss diverges from random weights)
+        train=TrainConfig(iterations=iterations or sizes.method_iterations, checkpoint_every=0,
+                          lr=1e-3, device=runtime.device.type, amp=runtime.amp,
+                          channels_last=runtime.channels_last),
+        eval=EvalConfig(batch_size=sizes.eval_batch),
+    )
+
+
+def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
+                iterations: int | None = None) -> Setup:
+    """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it.
+    Raises whatever the method raises (the caller turns that into a note)."""
+    from ifss.run import seed_everything
+
+    info = method_info(name)
+    cls = get_method_class(name)
+    cfg = run_config(name, sizes, runtime, root, iterations=iterations)
+    params = from_dict(cls.Params, cfg.params, prefix="params.")
+    cfg = dataclasses.replace(cfg.resolved(), params=dataclasses.asdict(params))
+    task = get_task(cfg.dataset, cfg.task)
+    seed_everything(cfg.seed)
+    data = build_step_data(cfg, task)
+    method = cls(params, cfg, runtime)
+    options = cls.model_options(cfg) if hasattr(cls, "model_options") else {}
+    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier, **options)
+    old = None
+    if cls.uses_old_model:
+        old = build_model(cfg.model, task.classes_per_step(cfg.step - 1), info.classifier, **options)
+        old.to(runtime.device).eval().requires_grad_(False)
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    with Stopwatch(runtime.device) as sw:
+        method.prepare(model, old, data)
+    train_set = MemorySet.copy_of(data.train, seed=cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Setup(name, info, cfg, runtime, method, model, old, data, train_set, sw.seconds, run_dir)
+
+
+def engine_step_seconds(setup: Setup, iterations: int, runtime: Runtime | None = None) -> float:
+    """Seconds per iteration of `engine.train` over `iterations` iterations, everything it does
+    included (optimizer and loader construction, logging, the method's loss) and nothing
+    subtracted. tqdm is off, as in a workflow job (stderr is not a terminal)."""
+    runtime = runtime or setup.runtime
+    cfg = dataclasses.replace(setup.cfg, train=dataclasses.replace(setup.cfg.train,
+                                                                   iterations=iterations))
+    with contextlib.redirect_stderr(io.StringIO()):
+        with Stopwatch(runtime.device) as sw:
+            engine.train(setup.model, setup.method, setup.train_set, cfg, runtime, setup.run_dir)
+    return sw.seconds / iterations
+
+
+class BareLoop:
+    """forward + cross-entropy + backward + SGD step of `model` over fixed device batches: the
+    physical floor of a training step (same autocast and memory format as the runtime)."""
+
+    def __init__(self, model: torch.nn.Module, batches: list[dict], cfg: RunConfig,
+                 runtime: Runtime):
+        self.model, self.batches, self.runtime = model, batches, runtime
+        t = cfg.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                                         weight_decay=t.weight_decay)
+
+    def step(self, batch: dict) -> None:
+        with self.runtime.autocast():
+            logits = self.model(batch["image"])["logits"]
+            loss = F.cross_entropy(logits, batch["label"], ignore_index=IGNORE)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def seconds_per_step(self, iterations: int) -> float:
+        self.model.train()
+        with Stopwatch(self.runtime.device) as sw:
+            for i in range(iterations):
+                self.step(self.batches[i % len(self.batches)])
+        return sw.seconds / iterations
+
+
+@torch.no_grad()
+def bare_forward_images_per_s(model: torch.nn.Module, batches: list[dict],
+                              runtime: Runtime) -> float:
+    """Images/s of plain forward passes (eval mode, no gradient, the runtime's autocast)."""
+    model.eval()
+    images = 0
+    with Stopwatch(runtime.device) as sw:
+        for batch in batches:
+            with runtime.autocast():
+                model(batch["image"])
+            images += batch["image"].shape[0]
+    return images / sw.seconds
+
+
+def eval_images_per_s(model: torch.nn.Module, dataset: MemorySet, num_base: int,
+                      runtime: Runtime, batch_size: int) -> float:
+    """Images/s of `engine.evaluate_dense` (loader, transfer, forward, argmax, confusion matrix,
+    summary) over `dataset`."""
+    with Stopwatch(runtime.device) as sw:
+        engine.evaluate_dense(model, dataset, num_base, runtime, batch_size, workers=0)
+    return len(dataset) / sw.seconds
+
+
+def loader_images_per_s(dataset, batch_size: int, batches: int, workers: int,
+                        runtime: Runtime, seed: int = 0) -> tuple[float, float]:
+    """(steady images/s, seconds to the first batch) of the training DataLoader exactly as the
+    engine builds it (resumable batch sampler, pad_collate, pinned memory on CUDA)."""
+    from torch.utils.data import DataLoader
+
+    from ifss.data.batches import ResumableBatches
+
+    sampler = ResumableBatches(len(dataset), batch_size, seed).span(0, batches + 1)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                        collate_fn=pad_collate, pin_memory=runtime.device.type == "cuda")
+    start = time.perf_counter()
+    it = iter(loader)
+    first = next(it)
+    t_first = time.perf_counter()
+    images = 0
+    for batch in it:
+        images += batch["image"].shape[0]
+    steady = time.perf_counter() - t_first
+    del first, it, loader
+    return images / steady, t_first - start
+
+
+def synchronize_all(runtime: Runtime) -> None:
+    synchronize(runtime.device)

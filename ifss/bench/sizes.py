@@ -1,0 +1,73 @@
+"""How big each measurement of `ifss bench` is, per device and mode.
+
+The full sizes are the papers' setting (DeepLab-v3, ResNet-101, output stride 16, 256-channel
+ASPP, 512x512 crops, BN + leaky ReLU as config/papers/pifs_voc.yaml). On CPU a ResNet-101 step at
+512x512 takes 15-30 s per image on two cores, so the CPU default keeps the crop and the model but
+uses batch 1 and one iteration per repeat (the per-step overhead is then at its largest relative
+share, so the ratios are, if anything, pessimistic), and no warm-up round for the methods (the
+FT warm-up of the step section has already run this architecture at this size, and each method's
+prepare() runs its model forward once more; on CPU a first step costs what later ones do). That
+is about 12 min on two idle cores; a co-tenant load of 10 doubles it.
+`--quick` is the CI size: the tiny backbone on 64x64 images, a few iterations per repeat, and no
+`snakemake -n` runs (about 7 s per paper config on two cores; `ifss bench` without --quick
+measures them), on one intra-op thread: CI machines are shared, and with every core's thread
+busy elsewhere OpenMP barriers stall the many small operators of a tiny model 10-100x (seen here:
+imprinting 5 images took 6.7 s on 2 threads under load 8, 0.07 s on one).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    backbone: str
+    head_channels: int
+    output_stride: int
+    activation: str
+    crop: int  # training crop = side of the synthetic images
+    batch: int  # training batch (step overhead, methods, memory, precision)
+    iterations: int  # training iterations per timed repeat
+    warmup: int  # untimed calls before the timed repeats
+    repeats: int  # timed repeats (the median is reported)
+    method_iterations: int
+    method_warmup: int
+    method_repeats: int
+    eval_images: int
+    eval_batch: int
+    loader_batches: int  # batches timed per loader repeat (after the first)
+    workers: int  # data-loader workers (the paper configs' data.workers)
+    workflow_repeats: int  # `snakemake -n` runs per paper config (0: not measured)
+    synth_train: int = 60  # synthetic train images (>= 3 per class: few-shot sampling works)
+    synth_val: int = 4
+    nshot: int = 1  # the few-shot step trains on 5 * nshot images (task 5-0, step 1)
+    task: str = "5-0"
+    threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PAPER_MODEL = dict(backbone="resnet101", head_channels=256, output_stride=16,
+                   activation="leaky_relu", crop=512)
+
+SIZES = {
+    ("cuda", False): Sizes(**PAPER_MODEL, batch=8, iterations=10, warmup=1, repeats=5,
+                           method_iterations=10, method_warmup=1, method_repeats=3,
+                           eval_images=64, eval_batch=8, loader_batches=20, workers=4,
+                           workflow_repeats=2, nshot=2),
+    ("cpu", False): Sizes(**PAPER_MODEL, batch=1, iterations=1, warmup=1, repeats=3,
+                          method_iterations=1, method_warmup=0, method_repeats=2,
+                          eval_images=2, eval_batch=1, loader_batches=10, workers=4,
+                          workflow_repeats=2),
+    ("quick", True): Sizes(backbone="resnet_tiny", head_channels=64, output_stride=16,
+                           activation="relu", crop=64, batch=4, iterations=2, warmup=1,
+                           repeats=3, method_iterations=2, method_warmup=1, method_repeats=2,
+                           eval_images=8, eval_batch=8, loader_batches=5, workers=2,
+                           workflow_repeats=0, threads=1),
+}
+
+
+def sizes_for(device: str, quick: bool) -> Sizes:
+    """The sizes of `ifss bench --device DEVICE [--quick]` (quick is the same on every device)."""
+    return SIZES[("quick", True)] if quick else SIZES[(device, False)]

@@ -1,0 +1,313 @@
+"""MCLOS (Zhang, Shi, Su, Wang, ISCAS'24, "Memory-Based Contrastive Learning with Optimized
+Sampling for Incremental Few-Shot Semantic Segmentation"; seed 000, research §7).
+
+MCLOS = PIFS + a pixel-to-memory contrastive term. Step 0 trains the cosine base as COS does
+(cross-entropy) plus the contrastive term, so the memory exists; steps >= 1 are PIFS (imprinting,
+batch renormalisation, KD from the imprinted teacher) plus the contrastive term:
+
+    L = L_PIFS (or CE at step 0) + contrast_weight * InfoNCE   (after `warmup` of the iterations)
+
+Per iteration, on the head features (the classifier's input, L2-normalised per pixel):
+  1. anchors (`sample_anchors`): for every (image, class) of the ground truth with at least
+     `anchor_min_pixels` pixels, n_view = min(anchors_per_class, max_anchors // #(image, class))
+     pixels; "hard" sampling takes half mis-predicted (label c, prediction != c) and half
+     correctly predicted ones (if one kind runs short the other fills in), "random" takes
+     n_view pixels of the class regardless of the prediction;
+  2. examples (`select_examples`), per anchor of class c, among the memory entries (region and
+     pixel banks) or, with memory "none", the other anchors of the batch (mini-batch contrast):
+     positives are entries of class c, negatives entries of other classes;
+       hard       the num_pos positives of LOWEST similarity, the num_neg negatives of HIGHEST;
+       semi-hard  num_pos (num_neg) drawn uniformly without replacement from the anchor's
+                  positives (negatives) among its hardest max(num, ceil(semi_hard_ratio * K))
+                  candidates, K = the slots searched: for positives the class's slots in the
+                  banks, for negatives every slot (so with a full memory: the hardest 10% of
+                  them, or `hard` when that is fewer than num);
+       random     num_pos (num_neg) drawn uniformly without replacement;
+  3. ifss.losses.info_nce on the cosines (temperature, base_temperature);
+  4. the batch's entries are computed (`ContrastMemory.stage`; K = pixels_per_class_step0 at
+     step 0, pixels_per_class later) and written at the start of the next iteration (or when
+     the state is saved), after this batch's backward: an anchor never meets its own copy, and
+     the loss may contrast with views of the banks without copying them.
+
+Choices (research §7 describes the reference; what differs and why):
+- Labels and predictions are resized (nearest) to the feature map instead of upsampling the
+  features to the label size: (output stride)^2 fewer pixels to sample from and the same
+  region means up to boundary pixels. `anchor_min_pixels` counts feature-map pixels.
+- Empty memory slots are masked out (the reference contrasted against random-normal slots).
+- Warm-up is a fraction of the step's iterations (the reference: 10 epochs out of 50 at VOC-SS
+  1-shot, 0.2); the iteration count travels with resume.pt.
+- `memory_candidates` > 0 contrasts with that many random filled entries per class and bank,
+  drawn each iteration, instead of the whole memory (the reference); a cost knob, off by default.
+- Shapes never depend on the data (no host synchronisation on accelerators): anchors fill a
+  fixed number of slots, invalid ones masked; on CPU, where reading a count is free, the unused
+  anchor slots are cut off before the similarities are computed.
+- With DDP every process enqueues every process's entries, so the banks stay identical.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ifss.errors import IfssError
+from ifss.losses import info_nce
+from ifss.memory import ContrastMemory, at_size, group_runs, labels_at
+from ifss.methods.base import Method
+from ifss.methods.pifs import PIFS, PIFSParams
+
+MEMORIES = ("none", "pixel", "pixel+region")
+ANCHOR_SAMPLING = ("hard", "random")
+EXAMPLE_SAMPLING = ("hard", "semi-hard", "random")
+
+
+# --- anchors ----------------------------------------------------------------------------------
+
+def sample_anchors(labels: torch.Tensor, preds: torch.Tensor | None, num_classes: int,
+                   per_class: int = 50, max_anchors: int = 1024, min_pixels: int = 1,
+                   hard: bool = True):
+    """Anchor pixels of a batch. labels, preds: N x P (flattened feature map; void 255).
+
+    Returns (index, classes, valid, is_hard), each of T = min(max_anchors, N*C*per_class, N*P)
+    entries: index into the N*P flattened pixels, its class, whether the slot holds an anchor,
+    and whether it was mis-predicted. Valid slots come first. Uses torch's RNG."""
+    n, p = labels.shape
+    c = num_classes
+    lab = labels.long()
+    lab = torch.where((lab < 0) | (lab >= c), c, lab)
+    labelled = lab < c
+    easy = (preds.long() == lab) if (hard and preds is not None) else torch.zeros_like(labelled)
+    group = torch.where(labelled, 2 * lab + easy.long(), 2 * c)  # 2c: hard, 2c+1: easy
+    order, first, count = group_runs(group, 2 * c)
+    first_h, first_e = first[:, 0::2], first[:, 1::2]
+    n_h, n_e = count[:, 0::2], count[:, 1::2]
+    present = (n_h + n_e) >= max(min_pixels, 1)
+    groups = present.sum()
+    n_view = torch.clamp(max_anchors // groups.clamp_min(1), max=per_class)
+    if hard:
+        take_h = torch.minimum(n_h, torch.clamp(n_view - n_e, min=n_view // 2))
+        take_e = torch.minimum(n_e, n_view - take_h)
+    else:
+        take_h, take_e = torch.minimum(n_h, n_view), torch.zeros_like(n_e)
+    j = torch.arange(per_class, device=lab.device)
+    take_h, take_e = take_h.unsqueeze(-1), take_e.unsqueeze(-1)
+    is_hard = j < take_h
+    valid = ((j < take_h + take_e) & present.unsqueeze(-1))
+    pos = torch.where(is_hard, first_h.unsqueeze(-1) + j, first_e.unsqueeze(-1) + j - take_h)
+    pixel = order.gather(1, pos.clamp(0, p - 1).reshape(n, -1)).reshape(n, c, per_class)
+    index = pixel + (torch.arange(n, device=lab.device) * p).view(n, 1, 1)
+    classes = torch.arange(c, device=lab.device).view(1, c, 1).expand(n, c, per_class)
+    total = min(max_anchors, n * c * per_class, n * p)
+    keep = torch.argsort((~valid).reshape(-1).to(torch.uint8), stable=True)[:total]
+    return (index.reshape(-1)[keep], classes.reshape(-1)[keep], valid.reshape(-1)[keep],
+            (is_hard & valid).reshape(-1)[keep])
+
+
+# --- examples ---------------------------------------------------------------------------------
+
+def _pick(hardness: torch.Tensor, eligible: torch.Tensor, num: int, mode: str, ratio: float):
+    """Per row, `num` eligible columns by `mode`; (A x k indices, A x k valid), k = min(num, K).
+    `hardness`: higher = harder (the similarity for negatives, minus it for positives). Order
+    within a row is unspecified."""
+    k = min(num, hardness.shape[1])
+    if k == hardness.shape[1]:  # every column is wanted: nothing to choose, in any mode
+        return torch.arange(k, device=hardness.device).expand_as(eligible), eligible
+    if mode == "random":
+        keys = torch.where(eligible, torch.rand(hardness.shape, device=hardness.device), -1.0)
+        values, index = keys.topk(k, dim=1, sorted=False)
+        return index, values >= 0
+    ranked = torch.where(eligible, hardness, -math.inf)
+    if mode == "hard":
+        values, index = ranked.topk(k, dim=1, sorted=False)
+        return index, values > -math.inf
+    # semi-hard: a random k of the hardest max(k, ceil(ratio * K)) columns that are eligible
+    width = min(hardness.shape[1], max(k, math.ceil(ratio * hardness.shape[1])))
+    if width > k:
+        values, index = ranked.topk(width, dim=1, sorted=False)
+        keys = torch.where(values > -math.inf, torch.rand(values.shape, device=values.device),
+                           -1.0)
+        drawn, j = keys.topk(k, dim=1, sorted=False)
+        return index.gather(1, j), drawn >= 0
+    values, index = ranked.topk(k, dim=1, sorted=False)
+    return index, values > -math.inf
+
+
+def select_examples(sims: torch.Tensor, anchor_classes: torch.Tensor, key_classes: torch.Tensor,
+                    key_valid: torch.Tensor, num_pos: int, num_neg: int, mode: str = "semi-hard",
+                    semi_hard_ratio: float = 0.1, exclude: torch.Tensor | None = None,
+                    by_class: torch.Tensor | None = None):
+    """Positives and negatives of each anchor among K keys. sims: A x K cosines (no gradient
+    needed). Returns (pos_index, pos_valid, neg_index, neg_valid): A x min(num, K) columns of
+    `sims` and their validity. `exclude` (A x K bool) removes pairs (the anchor itself in
+    mini-batch contrast). `by_class` (C x L), when the keys come in class blocks (a memory): the
+    columns of each class's keys, so positives are searched among L columns instead of K."""
+    if mode not in EXAMPLE_SAMPLING:
+        raise IfssError(f"example sampling {mode!r} is not known; valid: {', '.join(EXAMPLE_SAMPLING)}")
+    sims = sims.detach().float()
+    same = anchor_classes.unsqueeze(1) == key_classes.unsqueeze(0)
+    usable = key_valid.unsqueeze(0)
+    if exclude is not None:
+        usable = usable & ~exclude
+    if by_class is None:
+        pos_index, pos_valid = _pick(-sims, same & usable, num_pos, mode, semi_hard_ratio)
+    else:
+        cols = by_class[anchor_classes]  # A x L
+        ok = key_valid[cols] if exclude is None else usable.gather(1, cols)
+        j, pos_valid = _pick(-sims.gather(1, cols), ok, num_pos, mode, semi_hard_ratio)
+        pos_index = cols.gather(1, j)
+    neg_index, neg_valid = _pick(sims, ~same & usable, num_neg, mode, semi_hard_ratio)
+    return pos_index, pos_valid, neg_index, neg_valid
+
+
+def contrastive_loss(anchors: torch.Tensor, anchor_classes: torch.Tensor, anchor_valid: torch.Tensor,
+                     keys: torch.Tensor, key_classes: torch.Tensor, key_valid: torch.Tensor,
+                     num_pos: int, num_neg: int, mode: str, semi_hard_ratio: float,
+                     temperature: float, base_temperature: float,
+                     exclude: torch.Tensor | None = None,
+                     by_class: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of normalised anchors (A x D) against normalised keys (K x D)."""
+    sims = anchors @ keys.to(anchors.dtype).T
+    with torch.no_grad():
+        pi, pv, ni, nv = select_examples(sims, anchor_classes, key_classes, key_valid, num_pos,
+                                         num_neg, mode, semi_hard_ratio, exclude, by_class)
+    return info_nce(sims.gather(1, pi), sims.gather(1, ni), pv, nv, temperature,
+                    base_temperature, anchor_valid)
+
+
+# --- the method -------------------------------------------------------------------------------
+
+@dataclass
+class MCLOSParams(PIFSParams):
+    memory: str = "pixel+region"  # none (mini-batch contrast) | pixel | pixel+region
+    anchor_sampling: str = "hard"  # hard (segmentation-aware) | random
+    example_sampling: str = "semi-hard"  # hard | semi-hard | random
+    contrast_weight: float = 0.1
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    warmup: float = 0.2  # fraction of the step's iterations without the contrastive term
+    memory_size: int = 5000  # entries per class and bank
+    memory_candidates: int = 0  # > 0: contrast with that many random entries per class and bank
+    pixels_per_class_step0: int = 10  # pixel entries per image and class per iteration, step 0
+    pixels_per_class: int = 50  # the same at steps >= 1 (the reference's pixel_update_freq)
+    anchors_per_class: int = 50  # per image and class
+    max_anchors: int = 1024  # per batch (per process)
+    anchor_min_pixels: int = 1  # feature-map pixels a class needs in an image to give anchors
+    num_pos: int = 1024
+    num_neg: int = 2048
+    semi_hard_ratio: float = 0.1
+
+
+class MCLOS(PIFS):
+    Params = MCLOSParams
+
+    def __init__(self, params: MCLOSParams, cfg, runtime):
+        super().__init__(params, cfg, runtime)
+        for name, valid in (("memory", MEMORIES), ("anchor_sampling", ANCHOR_SAMPLING),
+                            ("example_sampling", EXAMPLE_SAMPLING)):
+            if getattr(params, name) not in valid:
+                raise IfssError(f"params.{name}={getattr(params, name)!r} is not known; valid "
+                                f"values: {', '.join(valid)}")
+        positive = ("memory_size", "pixels_per_class_step0", "pixels_per_class",
+                    "anchors_per_class", "max_anchors", "num_pos", "num_neg")
+        bad = [k for k in positive if getattr(params, k) < 1]
+        if bad or params.temperature <= 0 or params.base_temperature <= 0 \
+                or params.contrast_weight < 0 or not 0 <= params.warmup <= 1 \
+                or not 0 < params.semi_hard_ratio <= 1:
+            raise IfssError(f"MCLOS params out of range ({', '.join(bad) or 'see below'}): sizes "
+                            "and counts must be >= 1, temperatures > 0, contrast_weight >= 0, "
+                            "warmup in [0, 1], semi_hard_ratio in (0, 1]")
+        self.memory: ContrastMemory | None = None
+        self.iteration = 0  # loss() calls of this step (travels with resume.pt)
+        self.warmup_iterations = 0
+        self._carried: dict = {}
+        self._prepared = False
+
+    @property
+    def pixels_per_image_class(self) -> int:
+        p = self.params
+        return p.pixels_per_class_step0 if self.step == 0 else p.pixels_per_class
+
+    def prepare(self, model, old_model, data) -> None:
+        if self.step == 0:
+            Method.prepare(self, model, old_model, data)  # COS training: no imprinting, no teacher
+        else:
+            super().prepare(model, old_model, data)
+        from ifss.data.batches import ResumableBatches
+        from ifss.engine import total_iterations
+
+        batches = ResumableBatches(len(data.train), self.cfg.data.batch_size, self.cfg.seed,
+                                   self.runtime.rank, self.runtime.world)
+        self.warmup_iterations = round(self.params.warmup * total_iterations(self.cfg, batches))
+        if self.params.memory != "none":
+            self.memory = ContrastMemory(data.num_classes, self.params.memory_size,
+                                         model.classifier.in_channels,
+                                         region=self.params.memory == "pixel+region")
+            self.memory.to(self.runtime.device)
+        self._prepared = True
+        self._apply(self._carried)
+
+    def loss(self, batch, out, old_out) -> dict[str, torch.Tensor]:
+        terms = super().loss(batch, out, old_out)
+        features = out["features"]
+        labels = labels_at(batch["label"], features.shape[-2:])
+        if self.memory is not None:
+            self.memory.commit()  # the previous batch's entries: its backward has run
+        self.iteration += 1
+        p = self.params
+        if self.iteration > self.warmup_iterations and p.contrast_weight > 0:
+            terms["contrast"] = p.contrast_weight * self.contrast(features, labels, out["logits"])
+        else:
+            terms["contrast"] = features.new_zeros((), dtype=torch.float32)
+        if self.memory is not None:  # written at the next call (or state_dict), after backward
+            self.memory.stage(features, labels, self.pixels_per_image_class)
+        return terms
+
+    def contrast(self, features: torch.Tensor, labels: torch.Tensor,
+                 logits: torch.Tensor) -> torch.Tensor:
+        """The InfoNCE term of a batch (labels at the feature size), before the weight."""
+        p = self.params
+        n, c = logits.shape[:2]
+        preds = None
+        if p.anchor_sampling == "hard":
+            with torch.no_grad():
+                preds = at_size(logits.detach(), features.shape[-2:]).argmax(1).reshape(n, -1)
+        index, classes, valid, _ = sample_anchors(
+            labels.reshape(n, -1), preds, c, p.anchors_per_class, p.max_anchors,
+            p.anchor_min_pixels, hard=p.anchor_sampling == "hard")
+        if index.device.type == "cpu":  # free to read here: drop the empty slots
+            used = int(valid.sum())
+            index, classes, valid = index[:used], classes[:used], valid[:used]
+        d = features.shape[1]
+        anchors = F.normalize(features.flatten(2).transpose(1, 2).reshape(-1, d)[index].float(),
+                              dim=1)
+        if self.memory is None:  # mini-batch contrast: the anchors against each other
+            keys, key_classes, key_valid = anchors, classes, valid
+            exclude, by_class = torch.eye(len(index), dtype=torch.bool, device=index.device), None
+        else:
+            keys, key_classes, key_valid, by_class = self.memory.candidates(p.memory_candidates)
+            exclude = None
+        with torch.autocast(features.device.type, enabled=False):  # cosines in float32
+            return contrastive_loss(anchors, classes, valid, keys, key_classes, key_valid,
+                                    p.num_pos, p.num_neg, p.example_sampling, p.semi_hard_ratio,
+                                    p.temperature, p.base_temperature, exclude, by_class)
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "iteration": self.iteration}
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """The previous step's state (before `prepare`) or this step's resume state (after)."""
+        self._carried = state
+        if self._prepared:
+            self._apply(state)
+
+    def _apply(self, state: dict) -> None:
+        if not state:
+            return
+        if self.memory is not None and state.get("memory"):
+            self.memory.load_carried(state["memory"])
+        if state.get("step") == self.step:
+            self.iteration = int(state.get("iteration", 0))

@@ -1,0 +1,217 @@
+"""`ifss bench --quick` on CPU: the record's fields and types (never its speeds), the markdown
+table, the CUDA-only section's null-with-reason on CPU, and the pieces it is built from."""
+import json
+import math
+
+import pytest
+import torch
+
+from ifss.bench import run_bench, sizes_for
+from ifss.bench import gpu, sections
+from ifss.bench.harness import MemorySet, build_setup, synthetic_root
+from ifss.bench.report import figure
+from ifss.bench.timing import interleaved
+from ifss.cli import main
+from ifss.distributed import Runtime
+from ifss.errors import IfssError
+from ifss.methods.registry import METHODS
+
+FIXED = ("step_overhead", "checkpoint_overhead", "eval_throughput", "loader_vs_train",
+         "memory.train_step", "memory.mclos_banks", "workflow.total", *sections.PRECISION_FIGURES)
+FIGURE_KEYS = {"value", "unit", "target", "met", "note", "description", "sizes", "warmup",
+               "repeats", "details"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One quick CPU run through the CLI (its cache, the synthetic data, beside its output)."""
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    assert main(["bench", "--device", "cpu", "--quick", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the quick run's one thread is given back
+    return out, json.loads((out / "cpu.json").read_text())
+
+
+def test_quick_record_header(quick):
+    out, rec = quick
+    assert rec["device"] == "cpu" and rec["quick"] is True and rec["failures"] == []
+    assert rec["versions"]["torch"] == torch.__version__
+    assert isinstance(rec["device_name"], str) and rec["device_name"]
+    assert rec["timestamp"].endswith("+00:00")
+    assert rec["sizes"] == sizes_for("cpu", True).as_dict()
+    assert isinstance(rec["wall_time_s"], float) and isinstance(rec["threads"], int)
+    assert rec["runtime"]["autocast_active"] is False and rec["runtime"]["channels_last"] is False
+    assert not list(out.glob(".cpu.json.*"))  # atomic: no temporary left behind
+
+
+def test_quick_record_has_every_figure_with_sane_types(quick):
+    _, rec = quick
+    figures = rec["figures"]
+    expected = set(FIXED) | {f"method.{m}" for m in METHODS if m != "FT"} | {"method.MCLOS"}
+    assert expected <= set(figures), expected - set(figures)
+    assert not [n for n in figures if n.endswith(".error")]
+    for name, fig in figures.items():
+        assert set(fig) == FIGURE_KEYS, name
+        assert fig["value"] is None or isinstance(fig["value"], (int, float)), name
+        if fig["value"] is None:
+            assert isinstance(fig["note"], str) and fig["note"], f"{name}: null without a reason"
+        else:
+            assert math.isfinite(fig["value"]), name
+        if fig["target"] is None or fig["value"] is None:
+            assert fig["met"] is None, name
+        else:
+            assert isinstance(fig["met"], bool) and fig["target"]["op"] in ("<=", ">="), name
+        assert isinstance(fig["sizes"], dict) and isinstance(fig["details"], dict), name
+    # the measured figures of a quick CPU run are numbers (their size is not checked)
+    for name in ("step_overhead", "eval_throughput", "loader_vs_train", "memory.train_step",
+                 "method.PIFS", "method.COS"):
+        assert figures[name]["value"] > 0, name
+    assert figures["step_overhead"]["target"] == {"op": "<=", "value": 1.05}
+    assert figures["step_overhead"]["repeats"] == sizes_for("cpu", True).repeats
+    assert figures["step_overhead"]["details"]["bare_step_s"] > 0
+    assert figures["step_overhead"]["details"]["cpu_time_ratio"] > 0  # the CPU cross-check
+    assert figures["method.WI"]["unit"] == "s"  # no gradient step: its prepare time
+    if figures["method.MCLOS"]["value"] is not None:
+        assert figures["method.MCLOS"]["target"] == {"op": "<=", "value": 1.15}
+        assert figures["memory.mclos_banks"]["value"] > 0
+    assert figures["workflow.total"]["value"] is None  # not run with --quick, said why
+    assert "--quick" in figures["workflow.total"]["note"]
+
+
+def test_cuda_section_is_null_with_reason_on_cpu(quick):
+    _, rec = quick
+    for name in sections.PRECISION_FIGURES:
+        fig = rec["figures"][name]
+        assert fig["value"] is None and fig["met"] is None
+        assert "CUDA only" in fig["note"]
+    assert rec["figures"]["precision.speedup"]["target"] == {"op": ">=", "value": 2.0}
+
+
+def test_markdown_table(quick):
+    out, rec = quick
+    text = (out / "cpu.md").read_text()
+    assert text.startswith("# ifss bench: cpu (quick)")
+    assert "| figure | value | unit | target | met | sizes | note |" in text
+    for name in rec["figures"]:
+        assert f"| {name} |" in text
+    assert "## Methods (step 1)" in text and "| PIFS |" in text
+
+
+def test_method_table(quick):
+    _, rec = quick
+    methods = rec["methods"]
+    assert methods["FT"]["trains"] is True and methods["FT"]["step_s"] > 0
+    assert methods["PIFS"]["reference"] == "FT"
+    for name, entry in methods.items():
+        assert entry["trains"] in (True, False, None), name
+        if entry["trains"] is None:
+            assert entry["note"], name  # skipped with a note (e.g. DWI without its generator)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the quick bench: small ops on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_precision_section_code_path_on_cpu(tmp_path, one_thread):
+    """The CUDA section's code, forced onto the CPU: its figures come out (meaningless values,
+    no peak for a CPU), and the model is left as it was."""
+    sizes = sizes_for("cpu", True)
+    runtime = Runtime(torch.device("cpu"))
+    root = synthetic_root(tmp_path / "cache", sizes)
+    ft = build_setup("FT", sizes, runtime, root, tmp_path / "FT", iterations=sizes.iterations)
+    ctx = sections.Context(device="cpu", quick=True, sizes=sizes, runtime=runtime, root=root,
+                           work=tmp_path, ft=ft, log=lambda _: None)
+    assert all(f["value"] is None for f in sections.precision(ctx).values())
+    benchmark = torch.backends.cudnn.benchmark
+    got = sections.precision(ctx, force=True)
+    assert set(got) == set(sections.PRECISION_FIGURES)
+    assert got["precision.speedup"]["value"] > 0 and got["precision.images_per_s"]["value"] > 0
+    assert got["precision.peak_fraction"]["value"] is None  # "cpu" is in no peak table
+    assert got["precision.speedup"]["details"]["train_gflop_per_image"] > 0
+    assert torch.backends.cudnn.benchmark == benchmark
+    assert ft.model.body.conv1.weight.is_contiguous()
+
+
+def test_peak_table():
+    assert gpu.peak_tflops("NVIDIA H200", "bf16") == 989.4
+    assert gpu.peak_tflops("NVIDIA GH200 480GB", "bf16") == 989.4
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert gpu.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.5
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == 312.0
+    assert gpu.peak_tflops("NVIDIA A100 80GB PCIe", "tf32") == 156.0
+    assert gpu.peak_tflops("NVIDIA A10", "bf16") == 125.0
+    assert gpu.peak_tflops("NVIDIA L40S", "bf16") == 362.1
+    assert gpu.peak_tflops("NVIDIA L4", "bf16") == 121.0
+    for unknown in ("NVIDIA A10G", "Tesla T4", "cpu", ""):
+        assert gpu.peak_tflops(unknown, "bf16") is None, unknown
+    assert gpu.fraction_of_peak(1e12, 10.0, 100.0) == pytest.approx(0.1)
+    assert gpu.fraction_of_peak(1e12, 10.0, None) is None
+
+
+def test_train_flops_on_meta_copy():
+    from ifss.config import ModelConfig
+    from ifss.models import build_model
+
+    model = build_model(ModelConfig(backbone="resnet_tiny", head_channels=16, pooling_size=4),
+                        [16, 5], "linear")
+    before = model.body.conv1.weight.clone()
+    per_image = gpu.train_flops_per_image(model, batch=2, size=64)
+    # conv1 alone: 2 * 3*16*49 MACs at 32x32 forward; backward adds about twice the forward
+    assert per_image > 3 * 2 * 3 * 16 * 49 * 32 * 32
+    assert model.body.conv1.weight.device.type == "cpu"
+    assert torch.equal(model.body.conv1.weight, before)
+
+
+def test_interleaved_warmup_and_abba_order():
+    calls = []
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            return float(len(calls))
+        return fn
+
+    got = interleaved({"a": make("a"), "b": make("b")}, warmup=1, repeats=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert got.values == {"a": [3.0, 6.0, 7.0], "b": [4.0, 5.0, 8.0]}
+    assert got.warmup == {"a": [1.0], "b": [2.0]}
+    assert all(len(v) == 3 and min(v) >= 0 for v in got.cpu_s.values())
+    assert got.median("a") == 6.0
+
+
+def test_figure_met_and_json_safety():
+    assert figure(1.2, "ratio", target=("<=", 1.05))["met"] is False
+    assert figure(0.97, "ratio", target=(">=", 0.95))["met"] is True
+    assert figure(None, "ratio", target=("<=", 1.05), note="n/a")["met"] is None
+    assert figure(float("nan"), "ratio")["value"] is None
+    assert figure(2.0, "s")["met"] is None
+
+
+def test_job_count_parsing():
+    stats = "Job stats:\njob      count\n-----  -----\ntrain     20\ntotal   2185\n"
+    assert sections.job_count(stats) == 2185
+    assert sections.job_count("Building DAG of jobs...\nNothing to be done (all requested files "
+                              "are present and up to date).") == 0
+    assert sections.job_count("something else") is None
+
+
+def test_memory_set_indexes_like_the_engine():
+    samples = [{"image": torch.full((3, 4, 4), float(i)), "label": torch.zeros(4, 4).long()}
+               for i in range(3)]
+    ds = MemorySet(samples, num_classes=2)
+    assert ds[(4, 123)]["image"][0, 0, 0] == 1.0 and ds[2]["image"][0, 0, 0] == 2.0
+    batches = ds.batches(2, 2, Runtime(torch.device("cpu")))
+    assert [b["image"].shape[0] for b in batches] == [2, 2]
+
+
+def test_bad_device_is_one_clear_error(tmp_path):
+    with pytest.raises(IfssError, match="not valid; use cpu or cuda"):
+        run_bench("tpu", True, tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(IfssError, match="no CUDA device is available"):
+            run_bench("cuda", True, tmp_path)
+    assert not list(tmp_path.iterdir())

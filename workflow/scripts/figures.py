@@ -1,0 +1,66 @@
+"""Rule `figures` (or the command line): two or more model.pt of one setting -> the qualitative
+comparison and the t-SNE PNGs of the MCLOS paper (ifss.figures does the work).
+
+Snakemake: input.models (one model.pt per run, in the order of params.names), output.qualitative,
+output.tsne; params.names, optional params.data_root, params.num_images, params.per_class; log.
+Command line:
+    python workflow/scripts/figures.py --run PIFS=path/model.pt --run MCLOS=path/model.pt \
+        --qualitative out/qualitative.png --tsne out/tsne.png [--data-root DIR]
+"""
+import argparse
+import json
+import logging
+import sys
+
+from ifss.errors import IfssError
+from ifss.figures import qualitative_figure, tsne_figure
+
+
+def make(runs: dict, qualitative: str, tsne: str, data_root=None, num_images=4,
+         tsne_images=40, per_class=100) -> dict:
+    shown = qualitative_figure(runs, qualitative, data_root, num_images=num_images)
+    scores = tsne_figure(runs, tsne, data_root, num_images=tsne_images, per_class=per_class)
+    logging.info("qualitative: test images %s; t-SNE silhouette %s", shown, json.dumps(scores))
+    return scores
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=MODEL_PT")
+    ap.add_argument("--qualitative", required=True)
+    ap.add_argument("--tsne", required=True)
+    ap.add_argument("--data-root")
+    ap.add_argument("--num-images", type=int, default=4)
+    ap.add_argument("--tsne-images", type=int, default=40)
+    ap.add_argument("--per-class", type=int, default=100)
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.run:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--run {item!r} is not NAME=path/to/model.pt")
+        runs[name] = path
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        scores = make(runs, args.qualitative, args.tsne, args.data_root, args.num_images,
+                      args.tsne_images, args.per_class)
+    except IfssError as err:
+        print(f"figures: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"silhouette": scores}))
+    return 0
+
+
+if "snakemake" in globals():
+    sm = snakemake  # noqa: F821 (set by Snakemake)
+    logging.basicConfig(filename=sm.log[0], level=logging.INFO)
+    params = dict(sm.params.items())
+    try:
+        make(dict(zip(params["names"], sm.input.models)), sm.output.qualitative, sm.output.tsne,
+             params.get("data_root"), params.get("num_images", 4), params.get("tsne_images", 40),
+             params.get("per_class", 100))
+    except Exception:
+        logging.exception("figures failed")
+        raise
+elif __name__ == "__main__":
+    sys.exit(main())
