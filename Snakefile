@@ -1,6 +1,7 @@
 # ifss workflow: raw data -> runs -> the papers' tables.
 #
 #   snakemake --cores all                                          # the embedded synthetic demo
+#   (add --workflow-profile workflow/profiles/default for keep-going, rerun-incomplete, logs)
 #   snakemake --cores all --configfile config/papers/pifs_voc.yaml # a paper matrix (local GPUs:
 #                                                                  #   add --resources gpu=N)
 #   snakemake --workflow-profile workflow/profiles/slurm --configfile ...   # on SLURM

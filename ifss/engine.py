@@ -112,9 +112,12 @@ def train(
         net = DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
+    # The loader's own generator: drawing worker seeds from the global RNG would shift the
+    # random stream of a resumed run (augmentations are seeded per sample anyway).
     loader = DataLoader(
         dataset, batch_sampler=batches.span(start, total), num_workers=cfg.data.workers,
         collate_fn=pad_collate, pin_memory=runtime.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed + start),
     )
     model.train()
     old = method.old_model

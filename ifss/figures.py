@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def load_runs(runs: dict[str, str | Path], data_root: str | None = None,
             raise IfssError(
                 f"runs {first.name} and {run.name} differ in dataset/task/step "
                 f"({first.cfg.dataset} {first.cfg.task} step {first.cfg.step} vs "
-                f"{run.cfg.dataset} {run.cfg.task} step {run.cfg.step}); compare runs of one setting")
+                f"{run.cfg.dataset} {run.cfg.task} step {run.cfg.step}); compare runs of one "
+                "setting")
     return loaded
 
 
@@ -154,8 +156,8 @@ def _test_samples(run: LoadedRun, count: int):
 
 # --- figures ----------------------------------------------------------------------------------
 
-def qualitative_figure(runs: dict[str, str | Path], out_png: str | Path, data_root: str | None = None,
-                       num_images: int = 4, candidates: int = 200,
+def qualitative_figure(runs: dict[str, str | Path], out_png: str | Path,
+                       data_root: str | None = None, num_images: int = 4, candidates: int = 200,
                        device: str | torch.device = "cpu") -> list[int]:
     """Write the comparison grid; returns the test-image indices shown."""
     import matplotlib
@@ -190,7 +192,7 @@ def qualitative_figure(runs: dict[str, str | Path], out_png: str | Path, data_ro
 
 
 def tsne_figure(runs: dict[str, str | Path], out_png: str | Path, data_root: str | None = None,
-                num_images: int = 40, per_class: int = 100, seed: int = 0,
+                num_images: int = 40, per_class: int = 100, seed: int = 0, iterations: int = 1000,
                 device: str | torch.device = "cpu") -> dict[str, float]:
     """Write the t-SNE panels; returns each run's silhouette score (cosine, on the embeddings)."""
     import matplotlib
@@ -214,14 +216,17 @@ def tsne_figure(runs: dict[str, str | Path], out_png: str | Path, data_root: str
     ids = list(first.task.order(first.cfg.step))
     palette = np.asarray(voc_palette(), dtype=np.float64).reshape(256, 3) / 255
     scores = {}
-    fig, axes = plt.subplots(1, len(loaded), figsize=(4.5 * len(loaded), 4.5), squeeze=False)
+    legend_cols = max(1, math.ceil(len(np.unique(classes)) / 24))
+    width = 4.5 * len(loaded) + 1.6 * legend_cols
+    fig, axes = plt.subplots(1, len(loaded), figsize=(width, 4.8), squeeze=False)
     for ax, run in zip(axes[0], loaded):
-        emb = torch.cat([embeddings_at(run.model, samples[i]["image"], pixels[pixels[:, 0] == i, 1:3])
-                         for i in np.unique(pixels[:, 0])]).numpy()
+        emb = torch.cat([
+            embeddings_at(run.model, samples[i]["image"], pixels[pixels[:, 0] == i, 1:3])
+            for i in np.unique(pixels[:, 0])]).numpy()
         labels = classes  # `pixels` rows come image by image, as `emb` rows do
         perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3)))
-        xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed) \
-            .fit_transform(emb)
+        xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+                  max_iter=max(250, iterations)).fit_transform(emb)
         scores[run.name] = (float(silhouette_score(emb, labels, metric="cosine"))
                             if len(np.unique(labels)) > 1 else float("nan"))
         for c in np.unique(labels):
@@ -231,9 +236,9 @@ def tsne_figure(runs: dict[str, str | Path], out_png: str | Path, data_root: str
         ax.set_xticks([])
         ax.set_yticks([])
     handles, labels_ = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels_, loc="lower center", ncol=min(8, len(labels_)), fontsize=7,
+    fig.legend(handles, labels_, loc="center right", ncol=legend_cols, fontsize=7,
                markerscale=3, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 * legend_cols / width, 1))
     _save(fig, out_png)
     return scores
 

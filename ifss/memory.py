@@ -161,7 +161,7 @@ def pixel_embeddings(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.flatten(2).transpose(1, 2), dim=2)
 
 
-def group_runs(keys: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_runs(keys: torch.Tensor, num_groups: int):
     """Pixels of each image grouped by an integer key in [0, num_groups] (num_groups = none), in
     random order inside a group. keys: N x P. Returns (order N x P: pixel indices sorted by
     group, random within a group; first N x G: position in `order` where group g starts;
@@ -175,15 +175,14 @@ def group_runs(keys: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch
     return order, first[:, :num_groups], count[:, :num_groups]
 
 
-def take_from_runs(order: torch.Tensor, first: torch.Tensor, count: torch.Tensor, k: int,
-                   offset: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first k pixels (from `offset` on) of every group: (N x G x k pixel indices, valid)."""
+def take_from_runs(order: torch.Tensor, first: torch.Tensor, count: torch.Tensor,
+                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k pixels of every group: (N x G x k pixel indices, N x G x k valid)."""
     n, g = first.shape
-    j = torch.arange(k, device=order.device) + (offset.unsqueeze(-1) if torch.is_tensor(offset)
-                                                   else offset)
+    j = torch.arange(k, device=order.device)
     valid = j < count.unsqueeze(-1)
     pos = (first.unsqueeze(-1) + j).clamp(max=order.shape[1] - 1)
-    return order.gather(1, pos.reshape(n, -1)).reshape(n, g, -1), valid
+    return order.gather(1, pos.reshape(n, -1)).reshape(n, g, k), valid
 
 
 def batch_entries(features: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int):
@@ -216,9 +215,10 @@ def all_gather_cat(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tensors
     out = []
     for t in tensors:
-        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        out.append(torch.cat(parts))
+        sent = t.to(torch.uint8) if t.dtype == torch.bool else t.contiguous()  # gloo: no bool
+        parts = [torch.empty_like(sent) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, sent)
+        out.append(torch.cat(parts).to(t.dtype))
     return tuple(out)
 
 

@@ -88,7 +88,7 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 
 def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
-    """One row per (run, class): IoU in percent (empty when the class is absent from the test set)."""
+    """One row per (run, class): IoU in percent (empty: the class is absent from the test set)."""
     rows = []
     for r in records:
         ious = r.get("iou") or []
@@ -129,7 +129,8 @@ def summary_frame(runs: pd.DataFrame, methods: Sequence[str] | None = None,
     frame = pd.DataFrame(data, index=pd.Index(methods, name="method"))
     if not data:
         return frame
-    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["setting", "shot", "metric", "stat"])
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns,
+                                              names=["setting", "shot", "metric", "stat"])
     return frame[frame.xs("n", axis=1, level="metric").sum(axis=1) > 0]
 
 
@@ -163,9 +164,11 @@ def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(header) + " |",
+              "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
     for method, row in summary.iterrows():
-        values = [_fmt(row[(s, k, m, "mean")], row[(s, k, m, "std")]) for s, k in cells for m in METRICS]
+        values = [_fmt(row[(s, k, m, "mean")], row[(s, k, m, "std")])
+                  for s, k in cells for m in METRICS]
         lines.append("| " + " | ".join([str(method)] + values) + " |")
     counts = sorted({int(v) for s, k in cells for v in summary[(s, k, "n", "")] if v})
     lines += [

@@ -20,7 +20,9 @@ min_version("8.0")
 # The checkout's package comes first, and jobs find the `ifss` command of the Python that runs
 # Snakemake even when its venv is not activated (a conda env, when used, is put in front of it).
 sys.path.insert(0, workflow.basedir)
-os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+os.environ.update(
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+)
 os.environ.setdefault("IFSS_ROOT", workflow.basedir)  # envs/ifss.yaml installs the checkout from it
 
 import ifss.config as runconfig
@@ -30,7 +32,9 @@ from ifss.tasks import get_task, task_names
 
 # Methods of the papers' tables that the config may name before their code is registered: they
 # validate, are announced in one warning line and are left out of the DAG until registered.
-PLANNED_METHODS = ("FT", "COS", "WI", "DWI", "RT", "AMP", "SPN", "LWF", "ILT", "MIB", "PIFS", "MCLOS")
+PLANNED_METHODS = (
+    "FT", "COS", "WI", "DWI", "RT", "AMP", "SPN", "LWF", "ILT", "MIB", "PIFS", "MCLOS",
+)
 # Run-config keys the workflow sets itself, per run; a config fragment may not set them.
 WORKFLOW_KEYS = (
     "dataset", "task", "step", "nshot", "ishot", "method", "previous",
@@ -40,7 +44,7 @@ SETTINGS = ("SS", "MS")
 STAGES = ("step0", "fewshot")
 
 
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------- validation
 
 
 def _schema_error_message(err) -> str:
@@ -97,7 +101,9 @@ def _check_method_name(name: str, where: str) -> None:
     known = sorted(set(METHODS) | set(PLANNED_METHODS))
     close = difflib.get_close_matches(name, known, n=2)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise _config_error(f"{where}: unknown method {name!r}{hint}; known methods: {', '.join(known)}")
+    raise _config_error(
+        f"{where}: unknown method {name!r}{hint}; known methods: {', '.join(known)}"
+    )
 
 
 def check_config(cfg: dict) -> None:
@@ -112,7 +118,9 @@ def check_config(cfg: dict) -> None:
                 f"<folder>/{name}; make the root end in /{name}"
             )
         if ds["source"] == "synth" and name != "synthetic":
-            raise _config_error(f"datasets.{name}.source: only the dataset 'synthetic' can be synth")
+            raise _config_error(
+                f"datasets.{name}.source: only the dataset 'synthetic' can be synth"
+            )
         for part in ("run", "step0", "SS", "MS"):
             _check_fragment(ds[part], f"datasets.{name}.{part}")
     for name, method in cfg["methods"].items():
@@ -167,7 +175,7 @@ if _unregistered:
     )
 
 
-# ----------------------------------------------------------------------------- paths
+# ----------------------------------------------------------------- paths
 
 
 def step0_dir(dataset, task, base):
@@ -193,7 +201,8 @@ def dataset_marker(dataset: str) -> str:
     """The file whose presence says the dataset folder is complete."""
     ds = DATASETS[dataset]
     root = ds["root"].rstrip("/")
-    return {"synth": f"{root}/meta.json", "download": f"{root}/.ifss-prepared.json"}.get(ds["source"], "")
+    markers = {"synth": f"{root}/meta.json", "download": f"{root}/.ifss-prepared.json"}
+    return markers.get(ds["source"], "")  # local: none, the folder is checked instead
 
 
 def class_index_path(dataset: str) -> str:
@@ -204,7 +213,7 @@ def weights_path(name: str) -> str:
     return f"{WEIGHTS_DIR}/{name}.pth"
 
 
-# ----------------------------------------------------------------------------- run settings
+# ----------------------------------------------------------------- run settings
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -227,7 +236,7 @@ def _matches(when: dict, context: dict) -> bool:
 
 
 @functools.cache
-def run_settings(dataset, task, method, stage, setting=None, nshot=None, ishot=None, step=0) -> dict:
+def run_settings(dataset, task, method, stage, setting=None, nshot=None, ishot=None, step=0):
     """The run fragment of one run, from this run's config sections only.
 
     Order (later wins): run, datasets.D.run, datasets.D.{step0|SS|MS}, methods.M.params,
@@ -308,7 +317,7 @@ def dataset_inputs(dataset: str) -> dict:
     return inputs
 
 
-# ----------------------------------------------------------------------------- wildcard checks
+# ----------------------------------------------------------------- wildcard checks
 
 
 def _unknown(kind: str, value, valid, where: str = "") -> WorkflowError:
@@ -316,7 +325,9 @@ def _unknown(kind: str, value, valid, where: str = "") -> WorkflowError:
     close = difflib.get_close_matches(str(value), valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     where = f" ({where})" if where else ""
-    return WorkflowError(f"unknown {kind} {value!r}{hint}; valid {kind}s{where}: {', '.join(valid)}")
+    return WorkflowError(
+        f"unknown {kind} {value!r}{hint}; valid {kind}s{where}: {', '.join(valid)}"
+    )
 
 
 def check_dataset(dataset: str) -> None:
@@ -363,11 +374,11 @@ def check_shot(nshot, fragment: dict) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- targets
+# ----------------------------------------------------------------- targets
 
 
 def table_runs(name: str) -> list:
-    """(task, method, nshot, ishot, last step) of every run a table reads; registered methods only."""
+    """(task, method, nshot, ishot, last step) of each run a table reads (registered methods)."""
     table = TABLES[name]
     runs = []
     for task_name in table["tasks"]:
@@ -395,7 +406,7 @@ def all_targets() -> list:
     return [path for name in TABLES for path in table_outputs(name)]
 
 
-# ----------------------------------------------------------------------------- data and weights rules
+# ----------------------------------------------------------------- data and weights rules
 
 
 def marker_dir(wildcards, output):
@@ -436,7 +447,7 @@ def weights_mirror(wildcards):
     return f"--mirror {shlex.quote(mirror)}" if mirror else ""
 
 
-# ----------------------------------------------------------------------------- training rules
+# ----------------------------------------------------------------- training rules
 
 
 def maybe_temp(path):
@@ -448,7 +459,8 @@ def step0_inputs(wildcards):
     info = check_base(wildcards.base)
     inputs = dataset_inputs(wildcards.dataset)
     if info.step0_from:  # e.g. DWI's step 0 starts from COS's step-0 model
-        inputs["previous"] = f"{step0_dir(wildcards.dataset, wildcards.task, info.step0_from)}/model.pt"
+        start = step0_dir(wildcards.dataset, wildcards.task, info.step0_from)
+        inputs["previous"] = f"{start}/model.pt"
     elif DATASETS[wildcards.dataset]["weights"] != "none":
         inputs["weights"] = ancient(weights_path(DATASETS[wildcards.dataset]["weights"]))
     return inputs
@@ -507,7 +519,7 @@ def step_sets(wildcards):
     return set_args(fixed, fragment)
 
 
-# ----------------------------------------------------------------------------- table rule
+# ----------------------------------------------------------------- table rule
 
 
 def table_inputs(wildcards):

@@ -29,7 +29,9 @@ rule train_step:
     input:
         unpack(step_inputs),
     output:
-        model=maybe_temp("results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/model.pt"),
+        model=maybe_temp(
+            "results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/model.pt"
+        ),
         metrics="results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/metrics.json",
     params:
         sets=step_sets,

@@ -39,7 +39,7 @@ def _metrics(tmp: Path, method, task, nshot, ishot, base, novel, num_steps=2, io
 
 @pytest.fixture
 def runs(tmp_path):
-    """FT: SS 1-shot over 2 folds x 2 splits, MS 1-shot over 1 fold x 2 splits; WI: SS 1-shot once."""
+    """FT: SS 1-shot, 2 folds x 2 splits; MS 1-shot, 1 fold x 2 splits. WI: one SS 1-shot run."""
     paths = [
         _metrics(tmp_path, "FT", "5-0", 1, 0, 0.60, 0.10),
         _metrics(tmp_path, "FT", "5-0", 1, 1, 0.62, 0.20),
@@ -68,7 +68,8 @@ def test_summary_means_stds_and_hm_by_hand(runs):
     assert ss("FT", "mIoU-N", "std") == pytest.approx(math.sqrt((25 + 25 + 225 + 225) / 3))
     # HM of the means: 2*61*15/76; its std is the spread of per-run HMs
     assert ss("FT", "HM", "mean") == pytest.approx(2 * 61 * 15 / 76)
-    per_run = [2 * b * n / (b + n) if b + n else 0.0 for b, n in ((60, 10), (62, 20), (58, 30), (64, 0))]
+    pairs = ((60, 10), (62, 20), (58, 30), (64, 0))
+    per_run = [2 * b * n / (b + n) if b + n else 0.0 for b, n in pairs]
     assert ss("FT", "HM", "std") == pytest.approx(pd.Series(per_run).std())
     assert table.loc["FT", ("SS", 1, "n", "")] == 4
     # MS uses the runs of multi-step tasks only

@@ -62,7 +62,8 @@ def cluster():
 def test_profile_names_real_rules():
     profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
     assert profile["executor"] == "slurm"
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk")), re.M))
+    sources = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    rules = set(re.findall(r"^rule (\w+):", sources, re.M))
     assert set(profile["set-resources"]) <= rules
     for resources in profile["set-resources"].values():
         assert {"slurm_partition", "runtime", "mem_mb", "gpu", "cpus_per_task"} <= set(resources)
@@ -92,13 +93,15 @@ def test_small_target_runs_through_slurmctld(cluster, tmp_path, record_property)
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
     assert len(job_ids) == 4, out[-3000:]
     log = (cluster / "slurmctld.log").read_text()
-    for job_id in job_ids:  # slurmctld allocated and completed each one, with exit status 0
-        assert re.search(rf"sched: Allocate JobId={job_id} ", log), job_id
+    for job_id in job_ids:  # slurmctld took, started and completed each one, with exit status 0
+        assert re.search(rf"_slurm_rpc_submit_batch_job: JobId={job_id} ", log), job_id
+        assert re.search(rf"(sched: Allocate|backfill: _start_job: Started) JobId={job_id} ", log)
         assert re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0", log), job_id
     partitions = {}
     for job_id in job_ids:
-        show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-        name = re.search(r"Comment=rule_(\w+?)_wildcards", show) or re.search(r"Comment=rule_(\w+)", show)
+        show = subprocess.run(["scontrol", "show", "job", job_id],
+                              capture_output=True, text=True).stdout
+        name = re.search(r"Comment=rule_(\w+?)(?:_wildcards|\s)", show)
         partitions[name[1] if name else job_id] = re.search(r"Partition=(\S+)", show)[1]
     assert partitions.get("train_step0") == partitions.get("train_step") == "gpu", partitions
     assert partitions.get("synth_synthetic") == "cpu", partitions

@@ -93,6 +93,16 @@ class Setup:
     train_set: MemorySet
     prepare_s: float
     run_dir: Path
+    base: dict | None = None  # shared "step-0" body + head weights
+    own: dict | None = None  # the rest of the prepared model's state (classifier), a copy
+
+    def reset(self) -> None:
+        """Back to the prepared weights, so each timed call trains from the same start (a few
+        steps at batch 1 from synthetic weights can diverge, and the engine stops on NaN)."""
+        if self.base is not None:
+            load_matching(self.model, self.base)
+        if self.own:
+            self.model.load_state_dict(self.own, strict=False)
 
     @property
     def batch(self) -> int:
@@ -123,9 +133,40 @@ def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int 
     )
 
 
+@torch.no_grad()
+def base_state(sizes: Sizes, runtime: Runtime, root: Path, images: int = 4) -> dict:
+    """Body and head weights standing in for a step-0 checkpoint: random weights with batch-norm
+    statistics measured on `images` step-0 training images (cumulative average), so that an
+    eval-mode forward (the previous model, teachers, imprinting, evaluation) sees activations of
+    a trained network's scale instead of growing through 100 layers with running stats (0, 1)."""
+    cfg = run_config("FT", sizes, runtime, root, step=0).resolved()
+    task = get_task(cfg.dataset, cfg.task)
+    data = build_step_data(cfg, task)
+    model = build_model(cfg.model, task.classes_per_step(0), "linear").to(runtime.device)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    batch = max(2, min(sizes.batch, images))  # two or more: the pooling branch's BN gets stats
+    for b in MemorySet.copy_of(data.train, count=images).batches(batch, images // batch, runtime):
+        model(b["image"])
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if not k.startswith("classifier.")}
+
+
+def load_matching(model: torch.nn.Module, state: dict) -> None:
+    """Load the entries of `state` whose name and shape the model has (a step-0 checkpoint's body
+    and head; an embedding classifier's head output differs and keeps its own init)."""
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in state.items()
+                           if k in own and own[k].shape == v.shape}, strict=False)
+
+
 def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
-                iterations: int | None = None) -> Setup:
-    """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it.
+                iterations: int | None = None, base: dict | None = None) -> Setup:
+    """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it, from the
+    "step-0" weights `base` (ifss.bench.harness.base_state; None: random init).
     Raises whatever the method raises (the caller turns that into a note)."""
     from ifss.run import seed_everything
 
@@ -140,9 +181,12 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
     method = cls(params, cfg, runtime)
     options = cls.model_options(cfg) if hasattr(cls, "model_options") else {}
     model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier, **options)
+    if base:
+        load_matching(model, base)
     old = None
     if cls.uses_old_model:
         old = build_model(cfg.model, task.classes_per_step(cfg.step - 1), info.classifier, **options)
+        load_matching(old, model.state_dict())  # the previous step's model
         old.to(runtime.device).eval().requires_grad_(False)
     model.to(runtime.device)
     if runtime.channels_last:
@@ -151,7 +195,11 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
         method.prepare(model, old, data)
     train_set = MemorySet.copy_of(data.train, seed=cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Setup(name, info, cfg, runtime, method, model, old, data, train_set, sw.seconds, run_dir)
+    state = model.state_dict()
+    shared = {k for k, v in (base or {}).items() if k in state and state[k].shape == v.shape}
+    own = {k: v.detach().clone() for k, v in state.items() if k not in shared}
+    return Setup(name, info, cfg, runtime, method, model, old, data, train_set, sw.seconds,
+                 run_dir, base, own)
 
 
 def engine_step_seconds(setup: Setup, iterations: int, runtime: Runtime | None = None) -> float:

@@ -62,6 +62,7 @@ class Context:
     ft: Setup  # FT at step 1: the model of sections 1, 3, 5 and 7
     log: Callable[[str], None] = print
     methods: list[str] | None = None  # None: every method of the registry
+    base: dict | None = None  # "step-0" body + head weights every method starts from
     train_step_s: float | None = None  # median ifss FT step (section 1)
     method_table: dict = field(default_factory=dict)
     repo: Path = field(default_factory=find_repo)
@@ -177,7 +178,7 @@ def method_overhead(ctx: Context) -> dict:
         ctx.log(f"  method {name}: setting up")
         try:
             setup = build_setup(name, s, rt, ctx.root, ctx.work / name,
-                                iterations=s.method_iterations)
+                                iterations=s.method_iterations, base=ctx.base)
         except Exception as err:  # noqa: BLE001 - a method under construction is a note
             table[name] = {"trains": None, "note": f"setup failed ({_error(err)})"}
             continue
@@ -201,6 +202,7 @@ def method_overhead(ctx: Context) -> dict:
             setup = setups[name]
             if table[name].get("failed"):
                 return math.nan  # failed once: not run again
+            setup.reset()
             try:
                 return engine_step_seconds(setup, n)
             except Exception as err:  # noqa: BLE001

@@ -2,17 +2,17 @@
 
 The full sizes are the papers' setting (DeepLab-v3, ResNet-101, output stride 16, 256-channel
 ASPP, 512x512 crops, BN + leaky ReLU as config/papers/pifs_voc.yaml). On CPU a ResNet-101 step at
-512x512 takes 15-30 s per image on two cores, so the CPU default keeps the crop and the model but
-uses batch 1 and one iteration per repeat (the per-step overhead is then at its largest relative
-share, so the ratios are, if anything, pessimistic), and no warm-up round for the methods (the
-FT warm-up of the step section has already run this architecture at this size, and each method's
-prepare() runs its model forward once more; on CPU a first step costs what later ones do). That
-is about 12 min on two idle cores; a co-tenant load of 10 doubles it.
-`--quick` is the CI size: the tiny backbone on 64x64 images, a few iterations per repeat, and no
-`snakemake -n` runs (about 7 s per paper config on two cores; `ifss bench` without --quick
-measures them), on one intra-op thread: CI machines are shared, and with every core's thread
-busy elsewhere OpenMP barriers stall the many small operators of a tiny model 10-100x (seen here:
-imprinting 5 images took 6.7 s on 2 threads under load 8, 0.07 s on one).
+512x512 takes 15-40 s per image on two shared cores, so the CPU default keeps the crop and the
+model but uses batch 1 and one iteration per repeat (the per-step overhead is then at its largest
+relative share, so the ratios are, if anything, pessimistic) and two repeats per method.
+
+Every CPU size runs on ONE intra-op thread. On a shared machine (other jobs keeping the cores
+busy), two OpenMP threads stall at every barrier whenever one of them is descheduled: measured
+here under load 6-12 on 2 cores, repeats of the same ResNet-101 step varied by 2x on 2 threads
+and by 5% on one, and a tiny model's imprinting took 6.7 s on 2 threads and 0.07 s on one. The
+figures are ratios, which the thread count hardly moves; absolute images/s are single-thread.
+A full CPU run takes about 12 min; `--quick` (the CI size: the tiny backbone on 64x64 images, a
+few iterations per repeat, no `snakemake -n` runs, about 7 s each) takes seconds.
 """
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ SIZES = {
                            eval_images=64, eval_batch=8, loader_batches=20, workers=4,
                            workflow_repeats=2, nshot=2),
     ("cpu", False): Sizes(**PAPER_MODEL, batch=1, iterations=1, warmup=1, repeats=3,
-                          method_iterations=1, method_warmup=0, method_repeats=2,
+                          method_iterations=1, method_warmup=1, method_repeats=2,
                           eval_images=2, eval_batch=1, loader_batches=10, workers=4,
-                          workflow_repeats=2),
+                          workflow_repeats=2, threads=1),
     ("quick", True): Sizes(backbone="resnet_tiny", head_channels=64, output_stride=16,
                            activation="relu", crop=64, batch=4, iterations=2, warmup=1,
                            repeats=3, method_iterations=2, method_warmup=1, method_repeats=2,

@@ -6,7 +6,7 @@ features of class c in support image k (head features upsampled bilinearly to th
 `a` a D-vector initialised to normalize(ones).
 
 Step 0 ("cool-down", in `finish`): the run loads the COS step-0 model (`previous`), trains nothing
-in the engine (train.iterations=0, train.epochs=0), then meta-trains the generator and the base
+in the engine (train.iterations=0), then meta-trains the generator and the base
 cosine weights with plain SGD (lr `dyn_lr`, no momentum, no weight decay) for `dyn_iter`
 iterations. Each iteration sums the losses of `episodes` episodes: draw a base class c (not
 background) and K from `shots`; imprint c's weight from K support images of c (unaugmented, full
@@ -16,7 +16,7 @@ training crops), with body and head frozen in eval mode. Support and query image
 disjoint when the class has enough images (the originals drew them independently).
 
 Step k >= 1: the novel weights are generator-made from the few-shot images of each class; no
-gradient step (train.iterations=0, train.epochs=0). The generator travels from step to step in the
+gradient step (train.iterations=0). The generator travels from step to step in the
 method state of model.pt.
 """
 from __future__ import annotations

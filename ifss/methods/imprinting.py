@@ -173,9 +173,8 @@ def frozen_groups(model: nn.Module) -> list[dict]:
 
 class WeightImprinting(Method):
     """WI: starts from the COS step-0 model; the new step's cosine weights are imprinted from the
-    few-shot images (`imprint_new_classes`); no gradient step. Papers' settings: no training, i.e.
-    train.iterations=0 and train.epochs=0 (with epochs > 0 the engine would schedule iterations,
-    and refuses since nothing is trainable)."""
+    few-shot images (`imprint_new_classes`); no gradient step: run it with train.iterations=0 (the
+    engine refuses a schedule, since nothing is trainable)."""
 
     def prepare(self, model, old_model, data) -> None:
         super().prepare(model, old_model, data)
@@ -198,7 +197,7 @@ class AdaptiveMaskedProxies(Method):
 
     The original makes 5 passes over the unaugmented few-shot set and averages over all of them;
     the passes see the same images, so the average equals that of one pass, which is what this
-    does. Papers' settings: train.iterations=0 and train.epochs=0.
+    does. Papers' settings: train.iterations=0.
     """
 
     Params = AMPParams

@@ -106,31 +106,27 @@ def sample_anchors(labels: torch.Tensor, preds: torch.Tensor | None, num_classes
 
 # --- examples ---------------------------------------------------------------------------------
 
-def _pick(hardness: torch.Tensor, eligible: torch.Tensor, num: int, mode: str, ratio: float):
-    """Per row, `num` eligible columns by `mode`; (A x k indices, A x k valid), k = min(num, K).
-    `hardness`: higher = harder (the similarity for negatives, minus it for positives). Order
-    within a row is unspecified."""
-    k = min(num, hardness.shape[1])
-    if k == hardness.shape[1]:  # every column is wanted: nothing to choose, in any mode
-        return torch.arange(k, device=hardness.device).expand_as(eligible), eligible
+def _pick(ranked: torch.Tensor, num: int, mode: str, ratio: float):
+    """Per row, `num` columns by `mode` among the finite entries of `ranked` (A x K; higher =
+    harder, -inf = not eligible). Returns (A x k indices, A x k valid), k = min(num, K), in no
+    particular order within a row."""
+    k = min(num, ranked.shape[1])
+    eligible = ranked > -math.inf
+    if k == ranked.shape[1]:  # every column is wanted: nothing to choose, in any mode
+        return torch.arange(k, device=ranked.device).expand_as(ranked), eligible
     if mode == "random":
-        keys = torch.where(eligible, torch.rand(hardness.shape, device=hardness.device), -1.0)
+        keys = torch.where(eligible, torch.rand(ranked.shape, device=ranked.device), -1.0)
         values, index = keys.topk(k, dim=1, sorted=False)
         return index, values >= 0
-    ranked = torch.where(eligible, hardness, -math.inf)
-    if mode == "hard":
-        values, index = ranked.topk(k, dim=1, sorted=False)
-        return index, values > -math.inf
     # semi-hard: a random k of the hardest max(k, ceil(ratio * K)) columns that are eligible
-    width = min(hardness.shape[1], max(k, math.ceil(ratio * hardness.shape[1])))
-    if width > k:
-        values, index = ranked.topk(width, dim=1, sorted=False)
-        keys = torch.where(values > -math.inf, torch.rand(values.shape, device=values.device),
-                           -1.0)
-        drawn, j = keys.topk(k, dim=1, sorted=False)
-        return index.gather(1, j), drawn >= 0
-    values, index = ranked.topk(k, dim=1, sorted=False)
-    return index, values > -math.inf
+    width = k if mode == "hard" else min(ranked.shape[1],
+                                         max(k, math.ceil(ratio * ranked.shape[1])))
+    values, index = ranked.topk(width, dim=1, sorted=False)
+    if width == k:
+        return index, values > -math.inf
+    keys = torch.where(values > -math.inf, torch.rand(values.shape, device=values.device), -1.0)
+    drawn, j = keys.topk(k, dim=1, sorted=False)
+    return index.gather(1, j), drawn >= 0
 
 
 def select_examples(sims: torch.Tensor, anchor_classes: torch.Tensor, key_classes: torch.Tensor,
@@ -143,36 +139,76 @@ def select_examples(sims: torch.Tensor, anchor_classes: torch.Tensor, key_classe
     mini-batch contrast). `by_class` (C x L), when the keys come in class blocks (a memory): the
     columns of each class's keys, so positives are searched among L columns instead of K."""
     if mode not in EXAMPLE_SAMPLING:
-        raise IfssError(f"example sampling {mode!r} is not known; valid: {', '.join(EXAMPLE_SAMPLING)}")
+        raise IfssError(f"example sampling {mode!r} is not known; valid: "
+                        f"{', '.join(EXAMPLE_SAMPLING)}")
+    inf = -math.inf
     sims = sims.detach().float()
-    same = anchor_classes.unsqueeze(1) == key_classes.unsqueeze(0)
-    usable = key_valid.unsqueeze(0)
+    unusable = ~key_valid.unsqueeze(0)
     if exclude is not None:
-        usable = usable & ~exclude
+        unusable = unusable | exclude
     if by_class is None:
-        pos_index, pos_valid = _pick(-sims, same & usable, num_pos, mode, semi_hard_ratio)
+        same = anchor_classes.unsqueeze(1) == key_classes.unsqueeze(0)
+        pos_index, pos_valid = _pick((-sims).masked_fill_(~same | unusable, inf), num_pos, mode,
+                                     semi_hard_ratio)
+        negatives = sims.masked_fill(same | unusable, inf)
     else:
-        cols = by_class[anchor_classes]  # A x L
-        ok = key_valid[cols] if exclude is None else usable.gather(1, cols)
-        j, pos_valid = _pick(-sims.gather(1, cols), ok, num_pos, mode, semi_hard_ratio)
+        cols = by_class[anchor_classes]  # A x L: the anchor's own class
+        off = unusable.expand_as(sims).gather(1, cols) if exclude is not None \
+            else unusable[0][cols]
+        j, pos_valid = _pick((-sims.gather(1, cols)).masked_fill_(off, inf), num_pos, mode,
+                             semi_hard_ratio)
         pos_index = cols.gather(1, j)
-    neg_index, neg_valid = _pick(sims, ~same & usable, num_neg, mode, semi_hard_ratio)
+        negatives = sims.masked_fill(unusable, inf).scatter_(1, cols, inf)
+    neg_index, neg_valid = _pick(negatives, num_neg, mode, semi_hard_ratio)
     return pos_index, pos_valid, neg_index, neg_valid
 
 
-def contrastive_loss(anchors: torch.Tensor, anchor_classes: torch.Tensor, anchor_valid: torch.Tensor,
-                     keys: torch.Tensor, key_classes: torch.Tensor, key_valid: torch.Tensor,
+class _ChosenCosines(torch.autograd.Function):
+    """Cosines of anchors (A x D) with chosen keys (K x D, no gradient): index A x J, `values`
+    their precomputed cosines. The gradient reaches the anchors as a weighted sum over the
+    chosen keys only (an embedding bag): A x J x D work instead of the A x K x D of
+    differentiating the whole similarity matrix."""
+
+    @staticmethod
+    def forward(ctx, anchors, keys, index, values):
+        ctx.save_for_backward(keys, index)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        keys, index = ctx.saved_tensors
+        return (torch.nn.functional.embedding_bag(index, keys, mode="sum",
+                                                  per_sample_weights=grad.to(keys.dtype)),
+                None, None, None)
+
+
+def contrastive_loss(anchors: torch.Tensor, anchor_classes: torch.Tensor,
+                     anchor_valid: torch.Tensor, keys: torch.Tensor, key_classes: torch.Tensor,
+                     key_valid: torch.Tensor,
                      num_pos: int, num_neg: int, mode: str, semi_hard_ratio: float,
                      temperature: float, base_temperature: float,
                      exclude: torch.Tensor | None = None,
                      by_class: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE of normalised anchors (A x D) against normalised keys (K x D)."""
-    sims = anchors @ keys.to(anchors.dtype).T
-    with torch.no_grad():
+    """InfoNCE of normalised anchors (A x D) against normalised keys (K x D). Keys that need no
+    gradient (memory entries) are contrasted through `_ChosenCosines`; keys with a gradient
+    (the anchors themselves, mini-batch contrast) through the plain similarity matrix."""
+    keys = keys.to(anchors.dtype)
+    if keys.requires_grad:
+        sims = anchors @ keys.T
         pi, pv, ni, nv = select_examples(sims, anchor_classes, key_classes, key_valid, num_pos,
                                          num_neg, mode, semi_hard_ratio, exclude, by_class)
-    return info_nce(sims.gather(1, pi), sims.gather(1, ni), pv, nv, temperature,
-                    base_temperature, anchor_valid)
+        pos, neg = sims.gather(1, pi), sims.gather(1, ni)
+    else:
+        with torch.no_grad():
+            sims = anchors @ keys.T
+            pi, pv, ni, nv = select_examples(sims, anchor_classes, key_classes, key_valid,
+                                             num_pos, num_neg, mode, semi_hard_ratio, exclude,
+                                             by_class)
+            index = torch.cat([pi, ni], 1)
+            values = sims.gather(1, index)
+        chosen = _ChosenCosines.apply(anchors, keys, index, values)
+        pos, neg = chosen[:, :pi.shape[1]], chosen[:, pi.shape[1]:]
+    return info_nce(pos, neg, pv, nv, temperature, base_temperature, anchor_valid)
 
 
 # --- the method -------------------------------------------------------------------------------

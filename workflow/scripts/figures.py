@@ -17,9 +17,10 @@ from ifss.figures import qualitative_figure, tsne_figure
 
 
 def make(runs: dict, qualitative: str, tsne: str, data_root=None, num_images=4,
-         tsne_images=40, per_class=100) -> dict:
+         tsne_images=40, per_class=100, iterations=1000) -> dict:
     shown = qualitative_figure(runs, qualitative, data_root, num_images=num_images)
-    scores = tsne_figure(runs, tsne, data_root, num_images=tsne_images, per_class=per_class)
+    scores = tsne_figure(runs, tsne, data_root, num_images=tsne_images, per_class=per_class,
+                         iterations=iterations)
     logging.info("qualitative: test images %s; t-SNE silhouette %s", shown, json.dumps(scores))
     return scores
 
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-images", type=int, default=4)
     ap.add_argument("--tsne-images", type=int, default=40)
     ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--tsne-iterations", type=int, default=1000)
     args = ap.parse_args(argv)
     runs = {}
     for item in args.run:
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         scores = make(runs, args.qualitative, args.tsne, args.data_root, args.num_images,
-                      args.tsne_images, args.per_class)
+                      args.tsne_images, args.per_class, args.tsne_iterations)
     except IfssError as err:
         print(f"figures: error: {err}", file=sys.stderr)
         return 2
@@ -58,7 +60,7 @@ if "snakemake" in globals():
     try:
         make(dict(zip(params["names"], sm.input.models)), sm.output.qualitative, sm.output.tsne,
              params.get("data_root"), params.get("num_images", 4), params.get("tsne_images", 40),
-             params.get("per_class", 100))
+             params.get("per_class", 100), params.get("tsne_iterations", 1000))
     except Exception:
         logging.exception("figures failed")
         raise

@@ -1,11 +1,10 @@
 """Rule `table`: metrics.json files -> results/tables/<name>{.csv,.md,_runs.csv,_per_class.csv}."""
 import logging
-import sys
 
 from ifss.results import write_tables
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821 (set by Snakemake)
-sm = snakemake  # noqa: F821
+sm = snakemake  # noqa: F821 (the object Snakemake gives a script)
+logging.basicConfig(filename=sm.log[0], level=logging.INFO)
 spec = sm.params.spec
 try:
     summary = write_tables(
@@ -16,4 +15,3 @@ except Exception:
     logging.exception("table %s failed", spec["name"])
     raise
 logging.info("table %s: %d runs, %d methods", spec["name"], len(sm.input.metrics), len(summary))
-sys.stdout.flush()
