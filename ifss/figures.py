@@ -11,8 +11,8 @@
 checkpoint; `data_root` replaces the saved data root (the dataset may live elsewhere now). Both
 figures use the same images and, for t-SNE, the same pixels for every run, chosen from the
 labels only: the test images holding the most pixels of the classes added after step 0, and per
-class up to `per_class` pixels drawn with a fixed seed. Needs matplotlib and scikit-learn (the
-`figures` extra).
+class up to `per_class` pixels drawn with a fixed seed. Uses matplotlib and scikit-learn
+(dependencies of the package).
 """
 from __future__ import annotations
 

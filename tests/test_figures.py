@@ -12,8 +12,6 @@ from ifss.errors import IfssError
 from ifss.figures import choose_images, choose_pixels, colourise, embeddings_at
 from ifss.run import train_run
 
-pytest.importorskip("matplotlib")
-pytest.importorskip("sklearn")
 SCRIPT = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "figures.py"
 
 
