@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES)
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
 
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" pytest

@@ -71,6 +71,9 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
     assert figures["step_overhead"]["details"]["bare_step_s"] > 0
     assert figures["step_overhead"]["details"]["cpu_time_ratio"] > 0  # the CPU cross-check
     assert figures["method.WI"]["unit"] == "s"  # no gradient step: its prepare time
+    mem = figures["memory.train_step"]  # measured in a fresh process
+    assert mem["unit"] == "MiB" and mem["details"]["rss_after_setup_mib"] > 0
+    assert isinstance(mem["details"]["step_increase_mib"], float)
     if figures["method.MCLOS"]["value"] is not None:
         assert figures["method.MCLOS"]["target"] == {"op": "<=", "value": 1.15}
         assert figures["memory.mclos_banks"]["value"] > 0

@@ -291,3 +291,46 @@ def loader_images_per_s(dataset, batch_size: int, batches: int, workers: int,
 
 def synchronize_all(runtime: Runtime) -> None:
     synchronize(runtime.device)
+
+
+def _memory_child(sizes: Sizes, root: str, queue) -> None:
+    """In a fresh process: the FT setup, then two training steps through engine.train; reports
+    the resident memory after the setup and the peak over the steps (spawned by memory_probe)."""
+    import tempfile
+
+    from ifss.bench.timing import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    try:
+        if sizes.threads:
+            torch.set_num_threads(sizes.threads)
+        runtime = Runtime(torch.device("cpu"))
+        with tempfile.TemporaryDirectory(prefix="ifss-bench-mem-") as work:
+            setup = build_setup("FT", sizes, runtime, Path(root), Path(work) / "FT", iterations=2)
+            before = rss_bytes()
+            was_reset = reset_peak_rss()
+            engine_step_seconds(setup, 2)
+            peak, source = peak_rss_bytes()
+        queue.put({"peak": peak, "before": before, "source": source, "reset": was_reset})
+    except Exception as err:  # noqa: BLE001 - reported by the parent
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def memory_probe(sizes: Sizes, root: Path, timeout: float = 1800) -> dict:
+    """Peak RSS of FT training at `sizes` on CPU, measured in a fresh (spawned) process, so that
+    nothing the benchmark itself holds (other models, freed-but-kept heap) is counted: what a
+    user's `ifss train` process at this size peaks at, imports and model included."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_memory_child, args=(sizes, str(root), queue), daemon=True)
+    child.start()
+    try:
+        result = queue.get(timeout=timeout)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    if "error" in result:
+        raise RuntimeError(f"memory probe failed: {result['error']}")
+    return result

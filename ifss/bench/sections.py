@@ -27,11 +27,10 @@ import torch
 from ifss.bench import gpu
 from ifss.bench.harness import (BareLoop, MemorySet, Setup, bare_forward_images_per_s,
                                 build_setup, engine_step_seconds, eval_images_per_s,
-                                loader_images_per_s, run_config)
+                                loader_images_per_s, memory_probe, run_config)
 from ifss.bench.report import figure, skipped
 from ifss.bench.sizes import Sizes
-from ifss.bench.timing import (MIB, Stopwatch, interleaved, median, peak_rss_bytes, ratio,
-                               reset_peak_rss, rss_bytes, tensor_bytes)
+from ifss.bench.timing import MIB, Stopwatch, interleaved, median, ratio, tensor_bytes
 from ifss.distributed import Runtime
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout holding ifss/, Snakefile and config/
@@ -346,17 +345,16 @@ def memory(ctx: Context) -> dict:
                      details={"allocated_before_mib": before / MIB,
                               "max_reserved_mib": torch.cuda.max_memory_reserved(rt.device) / MIB})
     else:
-        was_reset = reset_peak_rss()
-        before = rss_bytes()
-        engine_step_seconds(ft, 1)
-        peak, source = peak_rss_bytes()
-        note = None if was_reset else ("the peak-RSS mark could not be reset: this is the "
-                                       "process's lifetime peak")
-        fig = figure(peak / MIB, "MiB", sizes=sizes, repeats=1, warmup=0, note=note,
-                     description="peak resident memory of the process over one FT training "
-                                 "step (the model and data already loaded included)",
-                     details={"rss_before_mib": None if before is None else before / MIB,
-                              "source": source})
+        got = memory_probe(ctx.sizes, ctx.root)
+        note = None if got["reset"] else ("the peak-RSS mark could not be reset: this is the "
+                                          "probe process's lifetime peak")
+        fig = figure(got["peak"] / MIB, "MiB", sizes=ctx.model_sizes(iterations=2), repeats=1,
+                     warmup=0, note=note,
+                     description="peak resident memory of a fresh process (python, torch, the "
+                                 "FT model and its data) over two FT training steps",
+                     details={"rss_after_setup_mib": got["before"] / MIB,
+                              "step_increase_mib": (got["peak"] - got["before"]) / MIB,
+                              "source": got["source"]})
     ft.model.zero_grad(set_to_none=True)
     return {"memory.train_step": fig}
 
