@@ -46,7 +46,6 @@ class LoadedRun:
 def load_run(name: str, checkpoint: str | Path, data_root: str | None = None,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The model of a run's model.pt, in eval mode, with the run's resolved config."""
-    from ifss.methods.registry import method_info
     from ifss.models import build_model
     from ifss.run import check_classes, load_checkpoint, resolve
 
@@ -54,10 +53,10 @@ def load_run(name: str, checkpoint: str | Path, data_root: str | None = None,
     cfg = from_dict(RunConfig, json.loads(ckpt["meta"]["config"]))
     if data_root:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
-    cfg, task, *_ = resolve(dataclasses.replace(cfg, previous=""))
+    cfg, task, info, method_cls, _ = resolve(cfg, training=False)
     check_classes(ckpt, checkpoint, task, cfg.step)
-    model = build_model(cfg.model, task.classes_per_step(cfg.step),
-                        method_info(cfg.method).classifier)
+    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier,
+                        **method_cls.model_options(cfg, ckpt["model"]))
     model.load_state_dict(ckpt["model"])
     return LoadedRun(name, model.to(device).eval(), cfg, task)
 

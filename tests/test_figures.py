@@ -17,12 +17,17 @@ SCRIPT = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "figures
 
 @pytest.fixture(scope="module")
 def two_runs(synth_root, tmp_path_factory):
+    """Step-1 models of PIFS (from COS) and MCLOS (from its own step 0), as the paper compares."""
     out = tmp_path_factory.mktemp("fig")
-    small = {"train.iterations": 2, "params.memory_size": 32}
-    for method in ("COS", "MCLOS"):
-        extra = {k: v for k, v in small.items() if method == "MCLOS" or k.startswith("train")}
-        train_run(build_config(None, tiny_overrides(synth_root, method=method, **extra)),
-                  out / method)
+    small = {"train.iterations": 2}
+    mclos = {"params.memory_size": 32}
+    for base, method, extra in (("COS", "PIFS", {}), ("MCLOS", "MCLOS", mclos)):
+        step0 = out / f"{base}-step0"
+        train_run(build_config(None, tiny_overrides(synth_root, method=base, **small, **extra)),
+                  step0)
+        train_run(build_config(None, tiny_overrides(
+            synth_root, method=method, step=1, nshot=1, previous=step0 / "model.pt", **small,
+            **extra)), out / method)
     return out
 
 
@@ -34,7 +39,7 @@ def test_figures_script_writes_pngs(two_runs, synth_root, tmp_path, capsys):
     spec.loader.exec_module(script)
     qual, tsne = tmp_path / "q" / "qualitative.png", tmp_path / "tsne.png"
     with threadpool_limits(1):  # a loaded CI machine stalls OpenMP t-SNE with more threads
-        code = script.main(["--run", f"COS={two_runs / 'COS' / 'model.pt'}",
+        code = script.main(["--run", f"PIFS={two_runs / 'PIFS' / 'model.pt'}",
                             "--run", f"MCLOS={two_runs / 'MCLOS' / 'model.pt'}",
                             "--qualitative", str(qual), "--tsne", str(tsne),
                             "--data-root", str(synth_root), "--num-images", "2",
@@ -54,7 +59,7 @@ def test_runs_of_different_settings_are_refused(two_runs, synth_root, tmp_path):
     train_run(build_config(None, tiny_overrides(synth_root, method="COS", task="15-5",
                                                 **{"train.iterations": 1})), other)
     with pytest.raises(IfssError, match="differ in dataset/task/step"):
-        qualitative_figure({"a": two_runs / "COS" / "model.pt", "b": other / "model.pt"},
+        qualitative_figure({"a": two_runs / "PIFS" / "model.pt", "b": other / "model.pt"},
                            tmp_path / "q.png", synth_root)
     assert not (tmp_path / "q.png").exists()
 
