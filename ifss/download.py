@@ -14,6 +14,7 @@ import posixpath
 import shutil
 import sys
 import tarfile
+from urllib.parse import urlsplit
 import urllib.error
 import urllib.request
 import zipfile
@@ -341,3 +342,15 @@ def safe_extract(archive: Path | str, dest: Path | str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def mirrored_url(url: str, mirror: str | None) -> str:
+    """`url` with its scheme and host replaced by `mirror` (which may add a path prefix): for
+    tests and for users with a local mirror or cache."""
+    if not mirror:
+        return url
+    if urlsplit(mirror).scheme not in ("http", "https", "ftp", "file"):
+        raise IfssError(f"The mirror {mirror!r} is not a URL; give one like "
+                        "http://host[:port][/prefix] or file:///path/to/mirror.")
+    parts = urlsplit(url)
+    return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-import sys
-import types
 
 import pytest
 import torch
@@ -280,8 +278,9 @@ def test_fetch_weights(tmp_path, monkeypatch):
         calls.append((url, dest, md5, sha256_prefix))
         dest.write_bytes(content)
 
-    fake = types.SimpleNamespace(download_file=download_file)
-    monkeypatch.setitem(sys.modules, "ifss.download", fake)
+    import ifss.download
+
+    monkeypatch.setattr(ifss.download, "download_file", download_file)
     path = pretrained.fetch_weights("fake", tmp_path, mirror="http://127.0.0.1:9")
     assert path == tmp_path / "w.pth" and path.read_bytes() == content
     assert calls == [("http://127.0.0.1:9/models/w.pth", path, None, prefix)]

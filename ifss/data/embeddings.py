@@ -30,13 +30,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from ifss import atomic
 from ifss.data.prepare import UnverifiedDownloadWarning
-from ifss.download import download_file, file_hash
+from ifss.download import download_file, file_hash, mirrored_url
 from ifss.errors import IfssError
 from ifss.tasks import COCO_CLASSES, DATASET_LABEL_SPACE, VOC_CLASSES
 
@@ -298,23 +297,13 @@ def word_vector_matrix(label_space: str, fasttext: str | Path, word2vec: str | P
 # download + extraction
 
 
-def _mirrored(url: str, mirror: str | None) -> str:
-    """`url` with its scheme and host replaced by `mirror` (which may add a path prefix)."""
-    if mirror is None:
-        return url
-    if urlsplit(mirror).scheme not in ("http", "https", "ftp", "file"):
-        raise IfssError(f"The mirror {mirror!r} is not a URL; give one like "
-                        "http://host[:port][/prefix] or file:///path/to/mirror.")
-    return mirror.rstrip("/") + urlsplit(url).path
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
 
 
 def _fetch(source: WordVectorFile, downloads: Path, mirror: str | None) -> tuple[Path, dict]:
-    url = _mirrored(source.url, mirror)
+    url = mirrored_url(source.url, mirror)
     path = download_file(url, downloads / source.name, md5=source.md5)
     if source.md5 is None:
         got = file_hash(path, "md5")

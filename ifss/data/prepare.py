@@ -32,13 +32,12 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
 from ifss.data import sources
-from ifss.download import download_file, file_hash, safe_extract
+from ifss.download import download_file, file_hash, mirrored_url, safe_extract
 from ifss.errors import IfssError
 
 __all__ = [
@@ -406,17 +405,6 @@ def prepare_coco(raw_dir: Path | str, out: Path | str, source: str = "instances"
 # download + extract + prepare
 
 
-def _mirrored(url: str, mirror: str | None) -> str:
-    """`url` with its scheme and host replaced by `mirror` (which may add a path prefix)."""
-    if mirror is None:
-        return url
-    if urlsplit(mirror).scheme not in ("http", "https", "ftp", "file"):
-        raise IfssError(f"The mirror {mirror!r} is not a URL; give one like "
-                        "http://host[:port][/prefix] or file:///path/to/mirror.")
-    parts = urlsplit(url)
-    return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
 def _read_marker(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -454,7 +442,7 @@ def fetch_dataset(name: str, root: Path | str, mirror: str | None = None,
 
     checksums = {}
     for f in sources.files_for(name, source):
-        url = _mirrored(f.url, mirror)
+        url = mirrored_url(f.url, mirror)
         path = download_file(url, root / "downloads" / f.name, md5=f.md5)
         if f.md5 is None:
             got = file_hash(path, "md5")

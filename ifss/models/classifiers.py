@@ -6,6 +6,7 @@ without trainable parameters (fixed embeddings) makes steps that hold a `weight`
 """
 from __future__ import annotations
 
+import abc
 from typing import Sequence
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from ifss.errors import IfssError
 
 
-class IncrementalClassifier(nn.Module):
+class IncrementalClassifier(nn.Module, metaclass=abc.ABCMeta):
     def __init__(self, in_channels: int, classes_per_step: Sequence[int]):
         super().__init__()
         self.in_channels = in_channels
@@ -39,8 +40,9 @@ class IncrementalClassifier(nn.Module):
         start = sum(self.classes_per_step[:step])
         return slice(start, start + self.classes_per_step[step])
 
+    @abc.abstractmethod
     def make_step(self, n: int) -> nn.Module:
-        raise NotImplementedError
+        """The module that scores `n` new classes (each subclass says how)."""
 
     def add_step(self, n: int) -> nn.Module:
         """Append a step of `n` classes (on the device and dtype of the existing ones)."""

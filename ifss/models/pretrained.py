@@ -14,7 +14,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
@@ -72,14 +71,6 @@ def _matches(path: Path, entry: WeightsFile) -> bool:
     return True
 
 
-def _with_mirror(url: str, mirror: str | None) -> str:
-    if not mirror:
-        return url
-    parts = urlsplit(url)
-    rest = parts.path + (f"?{parts.query}" if parts.query else "")
-    return mirror.rstrip("/") + rest
-
-
 def fetch_weights(name: str, dest_dir: str | Path, mirror: str | None = None) -> Path:
     """Path of the checked weights file `name` under `dest_dir`, downloading it when needed.
 
@@ -103,9 +94,9 @@ def fetch_weights(name: str, dest_dir: str | Path, mirror: str | None = None) ->
             f"weights file {dest} is missing and cannot be downloaded automatically; download "
             f"it by hand from {entry.url} ({entry.note}) and save it as {dest}"
         )
-    from ifss.download import download_file
+    from ifss.download import download_file, mirrored_url
 
-    download_file(url=_with_mirror(entry.url, mirror), dest=dest,
+    download_file(url=mirrored_url(entry.url, mirror), dest=dest,
                   sha256_prefix=entry.sha256_prefix or None, md5=entry.md5 or None)
     return dest
 
