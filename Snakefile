@@ -36,6 +36,7 @@ include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
+include: "rules/bench.smk"
 
 
 rule all:

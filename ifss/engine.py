@@ -119,6 +119,8 @@ def train(
         collate_fn=pad_collate, pin_memory=runtime.device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed + start),
     )
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # training crops have one size
     model.train()
     old = method.old_model
     bar = tqdm(total=total, initial=start, disable=not (sys.stderr.isatty() and runtime.is_main),

@@ -537,3 +537,14 @@ def table_spec(wildcards):
         "methods": [m for m in table["methods"] if m in METHODS],
         "shots": table["shots"],
     }
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def bench_quick_flag(wildcards):
+    return "--quick" if config.get("bench_quick", False) else ""
+
+
+def bench_gpus(wildcards):
+    return int(wildcards.device == "cuda")

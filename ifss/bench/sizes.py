@@ -2,17 +2,18 @@
 
 The full sizes are the papers' setting (DeepLab-v3, ResNet-101, output stride 16, 256-channel
 ASPP, 512x512 crops, BN + leaky ReLU as config/papers/pifs_voc.yaml). On CPU a ResNet-101 step at
-512x512 takes 15-40 s per image on two shared cores, so the CPU default keeps the crop and the
+512x512 takes 5-40 s per image on this project's shared 2-core host, so the CPU default keeps the crop and the
 model but uses batch 1 and one iteration per repeat (the per-step overhead is then at its largest
 relative share, so the ratios are, if anything, pessimistic) and two repeats per method.
 
 Every CPU size runs on ONE intra-op thread. On a shared machine (other jobs keeping the cores
-busy), two OpenMP threads stall at every barrier whenever one of them is descheduled: measured
-here under load 6-12 on 2 cores, repeats of the same ResNet-101 step varied by 2x on 2 threads
-and by 5% on one, and a tiny model's imprinting took 6.7 s on 2 threads and 0.07 s on one. The
-figures are ratios, which the thread count hardly moves; absolute images/s are single-thread.
-A full CPU run takes about 12 min; `--quick` (the CI size: the tiny backbone on 64x64 images, a
-few iterations per repeat, no `snakemake -n` runs, about 7 s each) takes seconds.
+busy), two OpenMP threads stall at every barrier whenever one of them is descheduled. Measured on
+this project's 2-core host under a co-tenant load of 5-12: the same bare ResNet-101 512x512 step
+took 21.7-40.5 s across repeats on two threads and 4.7-5.2 s on one, a full CPU run 25-32 min on
+two threads and 5-10 min on one, and imprinting 5 tiny-model images 6.7 s on two threads and
+0.07 s on one. The figures are ratios, which the thread count hardly moves; absolute images/s
+are single-thread. `--quick` (the CI size: the tiny backbone on 64x64 images, a few iterations
+per repeat, no `snakemake -n` runs, which take seconds each) takes about 10 s.
 """
 from __future__ import annotations
 

@@ -1,0 +1,23 @@
+# `ifss bench`: speed and memory against bare PyTorch. On demand only (not part of `all`):
+#   snakemake --cores all results/bench/cpu.json        (results/bench/cuda.json on a GPU)
+# It takes every core so no other job disturbs the measurement; `--config bench_quick=true`
+# gives the CI-sized run.
+
+
+rule bench:
+    output:
+        json="results/bench/{device}.json",
+        md="results/bench/{device}.md",
+    wildcard_constraints:
+        device="cpu|cuda",
+    params:
+        quick=bench_quick_flag,
+    log:
+        "logs/bench/{device}.log",
+    threads: workflow.cores
+    resources:
+        gpu=bench_gpus,
+    conda:
+        "../envs/ifss.yaml"
+    shell:
+        "ifss bench --device {wildcards.device} {params.quick} --out results/bench > {log} 2>&1"
