@@ -1,10 +1,11 @@
 # `ifss bench`: speed and memory against bare PyTorch. On demand only (not part of `all`):
 #   snakemake --cores all results/bench/cpu.json        (results/bench/cuda.json on a GPU)
-# It takes every core so no other job disturbs the measurement; `--config bench_quick=true`
-# gives the CI-sized run.
+# It runs locally (also under the SLURM profile) on every core, so no other job disturbs the
+# measurement; `--config bench_quick=true` gives the CI-sized run.
 
 
 rule bench:
+    localrule: True
     output:
         json="results/bench/{device}.json",
         md="results/bench/{device}.md",
@@ -14,7 +15,7 @@ rule bench:
         quick=bench_quick_flag,
     log:
         "logs/bench/{device}.log",
-    threads: workflow.cores
+    threads: 256  # capped at --cores: the measurement gets the whole machine
     resources:
         gpu=bench_gpus,
     conda:
