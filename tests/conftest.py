@@ -20,6 +20,23 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+def run_tiny(root: Path, out: Path, **extra) -> dict:
+    """Train one tiny run of task 5-0 (unless `task` is given) in-process; its metrics record."""
+    from ifss.config import build_config
+    from ifss.run import train_run
+
+    extra.setdefault("task", "5-0")
+    return train_run(build_config(None, tiny_overrides(root, **extra)), out)
+
+
+@pytest.fixture(scope="session")
+def cos_step0(synth_root, tmp_path_factory) -> Path:
+    """A tiny COS step-0 model of 5-0, the start of WI, PIFS and DWI runs (read-only)."""
+    out = tmp_path_factory.mktemp("cos") / "step0"
+    run_tiny(synth_root, out, method="COS")
+    return out / "model.pt"
+
+
 def tiny_overrides(root: Path, **extra) -> list[str]:
     """Config overrides for a run that takes a second or two on CPU."""
     base = {

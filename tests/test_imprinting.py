@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_overrides
+from conftest import run_tiny, tiny_overrides
 from ifss.config import build_config
 from ifss.methods import imprinting as imp
 from ifss.methods.dwi import WeightGenerator, dwi_image_prototypes
@@ -96,24 +96,13 @@ def test_dwi_generator_by_hand():
 NO_TRAINING = {"train.iterations": 0, "train.epochs": 0}
 
 
-def run(root, out, **extra):
-    return train_run(build_config(None, tiny_overrides(root, task="5-0", **extra)), out)
-
-
-@pytest.fixture(scope="module")
-def cos0(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("imprint") / "cos0"
-    run(synth_root, out, method="COS")
-    return out / "model.pt"
-
-
-def test_wi_step1_sets_the_imprinted_weights(synth_root, cos0, tmp_path):
+def test_wi_step1_sets_the_imprinted_weights(synth_root, cos_step0, tmp_path):
     from ifss.data.build import build_step_data
     from ifss.models import build_model
     from ifss.tasks import get_task
 
     out = tmp_path / "wi"
-    m = run(synth_root, out, method="WI", step=1, nshot=2, previous=cos0, **NO_TRAINING)
+    m = run_tiny(synth_root, out, method="WI", step=1, nshot=2, previous=cos_step0, **NO_TRAINING)
     assert m["iterations"] == 0 and m["miou_novel"] is not None
     assert json.loads((out / "metrics.json").read_text())["method"] == "WI"
     # recompute the imprinted weights from the step-0 model and the few-shot images
@@ -121,31 +110,31 @@ def test_wi_step1_sets_the_imprinted_weights(synth_root, cos0, tmp_path):
     task = get_task("synthetic", "5-0")
     data = build_step_data(cfg.resolved(), task)
     model = build_model(cfg.resolved().model, [16, 5], "cosine")
-    model.load_state_dict(torch.load(cos0, weights_only=True)["model"], strict=False)
+    model.load_state_dict(torch.load(cos_step0, weights_only=True)["model"], strict=False)
     total, images = imp.class_statistics(model, data.train_plain, imp.wi_image_prototypes,
                                          torch.device("cpu"))
     assert images[16:].tolist() == [2.0] * 5 and images[1:16].sum() > 0  # old classes are seen
     expected = imp.wi_weights(total[16:21])
     saved = torch.load(out / "model.pt", weights_only=True)["model"]
     torch.testing.assert_close(saved["classifier.convs.1.weight"].view(5, -1), expected)
-    old = torch.load(cos0, weights_only=True)["model"]
+    old = torch.load(cos_step0, weights_only=True)["model"]
     assert torch.equal(saved["classifier.convs.0.weight"], old["classifier.convs.0.weight"])
     assert torch.equal(saved["head.red_conv.weight"], old["head.red_conv.weight"])
 
 
-def test_wi_refuses_gradient_steps(synth_root, cos0, tmp_path):
+def test_wi_refuses_gradient_steps(synth_root, cos_step0, tmp_path):
     from ifss.errors import IfssError
 
     with pytest.raises(IfssError, match="trains no parameter"):
-        run(synth_root, tmp_path / "x", method="WI", step=1, nshot=1, previous=cos0,
+        run_tiny(synth_root, tmp_path / "x", method="WI", step=1, nshot=1, previous=cos_step0,
             **{"train.iterations": 2})
 
 
 def test_amp_runs_on_ft_base(synth_root, tmp_path):
     ft0 = tmp_path / "ft0"
-    run(synth_root, ft0, method="FT", **{"train.iterations": 2})
+    run_tiny(synth_root, ft0, method="FT", **{"train.iterations": 2})
     out = tmp_path / "amp"
-    m = run(synth_root, out, method="AMP", step=1, nshot=1, previous=ft0 / "model.pt",
+    m = run_tiny(synth_root, out, method="AMP", step=1, nshot=1, previous=ft0 / "model.pt",
             **NO_TRAINING)
     assert m["config"]["params"] == {"amp_alpha": 0.25}
     saved = torch.load(out / "model.pt", weights_only=True)["model"]
@@ -155,22 +144,22 @@ def test_amp_runs_on_ft_base(synth_root, tmp_path):
     assert saved["classifier.convs.0.bias"][0] == 0  # background is in every image: re-imprinted
 
 
-def test_dwi_cool_down_state_travels_to_step1(synth_root, cos0, tmp_path):
+def test_dwi_cool_down_state_travels_to_step1(synth_root, cos_step0, tmp_path):
     d0 = tmp_path / "dwi0"
     params = {"params.dyn_iter": 3, "params.shots": "[1,2]", "params.random_images": 2,
               "params.class_images": 1}
-    m0 = run(synth_root, d0, method="DWI", previous=cos0, **NO_TRAINING, **params)
+    m0 = run_tiny(synth_root, d0, method="DWI", previous=cos_step0, **NO_TRAINING, **params)
     assert m0["config"]["params"]["dyn_iter"] == 3 and m0["config"]["params"]["dyn_lr"] == 1.0
     ckpt = torch.load(d0 / "model.pt", weights_only=True)
     a = ckpt["method"]["generator"]["a"]
     assert a.shape == (16,) and not torch.allclose(a, F.normalize(torch.ones(16), dim=0))
-    cos = torch.load(cos0, weights_only=True)["model"]["classifier.convs.0.weight"]
+    cos = torch.load(cos_step0, weights_only=True)["model"]["classifier.convs.0.weight"]
     assert not torch.equal(ckpt["model"]["classifier.convs.0.weight"], cos)  # meta-trained too
     assert torch.equal(ckpt["model"]["head.red_conv.weight"],
-                       torch.load(cos0, weights_only=True)["model"]["head.red_conv.weight"])
+                       torch.load(cos_step0, weights_only=True)["model"]["head.red_conv.weight"])
 
     d1 = tmp_path / "dwi1"
-    m1 = run(synth_root, d1, method="DWI", step=1, nshot=1, previous=d0 / "model.pt",
+    m1 = run_tiny(synth_root, d1, method="DWI", step=1, nshot=1, previous=d0 / "model.pt",
              **NO_TRAINING)
     assert m1["miou_novel"] is not None
     saved = torch.load(d1 / "model.pt", weights_only=True)
@@ -181,14 +170,14 @@ def test_dwi_cool_down_state_travels_to_step1(synth_root, cos0, tmp_path):
     assert (w.norm(dim=1) <= 1 + 1e-5).all()
 
 
-def test_wi_multi_step_chain_and_wrong_previous_method(synth_root, cos0, tmp_path):
+def test_wi_multi_step_chain_and_wrong_previous_method(synth_root, cos_step0, tmp_path):
     from ifss.errors import IfssError
 
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
     extra = dict(method="WI", task="5-0m", nshot=1, **NO_TRAINING)
     run_ms = lambda out, **kw: train_run(  # noqa: E731
         build_config(None, tiny_overrides(synth_root, **{**extra, **kw})), out)
-    run_ms(s1, step=1, previous=cos0)
+    run_ms(s1, step=1, previous=cos_step0)
     m2 = run_ms(s2, step=2, previous=s1 / "model.pt")
     assert len(m2["iou"]) == 18
     a, b = (torch.load(p / "model.pt", weights_only=True)["model"] for p in (s1, s2))

@@ -4,12 +4,11 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import run_tiny
 from ifss.config import ModelConfig, build_config
 from ifss.errors import IfssError
 from ifss.models import build_model
 from ifss.models.norm import NORMS, BatchRenormAct, NormAct, convert_batch_renorm, norm_factory
-from ifss.run import train_run
 
 
 def renorm_by_hand(x, mean, var, weight, bias, eps):
@@ -104,18 +103,7 @@ def test_brn_kind_and_conversion_keep_weights_stats_and_activation():
 
 # --- runs on the synthetic benchmark ---------------------------------------------------------
 
-def run(root, out, **extra):
-    return train_run(build_config(None, tiny_overrides(root, task="5-0", **extra)), out)
-
-
-@pytest.fixture(scope="module")
-def cos0(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pifs") / "cos0"
-    run(synth_root, out, method="COS")
-    return out / "model.pt"
-
-
-def test_pifs_step1_distils_from_the_imprinted_model_with_batch_renorm(synth_root, cos0, tmp_path,
+def test_pifs_step1_distils_from_the_imprinted_model_with_batch_renorm(synth_root, cos_step0, tmp_path,
                                                                        monkeypatch):
     from ifss.methods.pifs import PIFS
 
@@ -131,7 +119,7 @@ def test_pifs_step1_distils_from_the_imprinted_model_with_batch_renorm(synth_roo
 
     monkeypatch.setattr(PIFS, "prepare", spy)
     out = tmp_path / "pifs"
-    m = run(synth_root, out, method="PIFS", step=1, nshot=1, previous=cos0,
+    m = run_tiny(synth_root, out, method="PIFS", step=1, nshot=1, previous=cos_step0,
             **{"train.iterations": 4, "train.lr": 0.001, "data.batch_size": 5})
     assert m["config"]["params"] == {"loss_kd": 10.0, "kd_temperature": 1.0, "kd_clip": 10.0,
                                      "batch_renorm": True}
@@ -144,7 +132,7 @@ def test_pifs_step1_distils_from_the_imprinted_model_with_batch_renorm(synth_roo
     assert not torch.equal(saved["classifier.convs.1.weight"], seen["new_weights"])
     assert seen["renorm"] > 0 and seen["plain"] == 0
     # batch renorm froze the running statistics: they are the step-0 ones
-    old = torch.load(cos0, weights_only=True)["model"]
+    old = torch.load(cos_step0, weights_only=True)["model"]
     assert torch.equal(saved["body.bn1.running_mean"], old["body.bn1.running_mean"])
     assert torch.equal(saved["head.map_bn.running_var"], old["head.map_bn.running_var"])
     assert not torch.equal(saved["body.conv1.weight"], old["body.conv1.weight"])
@@ -168,8 +156,8 @@ def test_pifs_loss_terms_by_hand():
 
 
 @pytest.mark.parametrize("method,base", [("PIFS", "COS"), ("WI", "COS"), ("AMP", "FT")])
-def test_wrong_step0_base_names_the_right_one(synth_root, cos0, tmp_path, method, base):
-    ckpt = torch.load(cos0, weights_only=True)
+def test_wrong_step0_base_names_the_right_one(synth_root, cos_step0, tmp_path, method, base):
+    ckpt = torch.load(cos_step0, weights_only=True)
     wrong = "FT" if base == "COS" else "COS"
     ckpt["meta"]["method"] = wrong
     path = tmp_path / "other.pt"
@@ -177,12 +165,12 @@ def test_wrong_step0_base_names_the_right_one(synth_root, cos0, tmp_path, method
     msg = (f"method {method} starts from the step-0 model of {base}, but {path} was trained by "
            f"{wrong}; give the {base} step-0 model.pt")
     with pytest.raises(IfssError) as err:
-        run(synth_root, tmp_path / "x", method=method, step=1, nshot=1, previous=path,
+        run_tiny(synth_root, tmp_path / "x", method=method, step=1, nshot=1, previous=path,
             **{"train.iterations": 0, "train.epochs": 0})
     assert str(err.value) == msg
 
 
-def test_dwi_step1_needs_the_dwi_step0_model(synth_root, cos0, tmp_path):
+def test_dwi_step1_needs_the_dwi_step0_model(synth_root, cos_step0, tmp_path):
     with pytest.raises(IfssError, match="step-0 model of DWI, but .* was trained by COS"):
-        run(synth_root, tmp_path / "x", method="DWI", step=1, nshot=1, previous=cos0,
+        run_tiny(synth_root, tmp_path / "x", method="DWI", step=1, nshot=1, previous=cos_step0,
             **{"train.iterations": 0, "train.epochs": 0})
