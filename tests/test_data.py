@@ -137,3 +137,14 @@ def test_bad_label_file_named(synth_root, tmp_path):
 def test_missing_root_says_how_to_make_it(tmp_path):
     with pytest.raises(IfssError, match="does not exist; download it with `ifss download voc"):
         layout_for("voc", tmp_path / "nope").check()
+
+
+def test_image_labels_describe_the_whole_image(synth_root):
+    cfg = build_config(None, [f"data.root={synth_root}", "data.crop_size=16"])
+    data = build_step_data(cfg, get_task("synthetic", "5-0"))
+    data.train.with_image_labels = True
+    _, full_label = data.train.load(0)
+    expected = set(full_label.unique().tolist()) - {255}
+    sample = data.train[(0, 7)]
+    assert sample["image_labels"].shape == (16,)
+    assert set(sample["image_labels"].nonzero().flatten().tolist()) == expected

@@ -63,6 +63,8 @@ class SegmentationSet(Dataset):
     def __getitem__(self, key) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.load(index)
+        # image-level labels describe the whole image, so they come before any crop
+        present = image_labels(label, self.num_classes) if self.with_image_labels else None
         image, label = tv_tensors.Image(image), tv_tensors.Mask(label)
         if seed is None:
             image, label = self.transform(image, label)
@@ -75,8 +77,8 @@ class SegmentationSet(Dataset):
             "label": label.as_subclass(torch.Tensor),
             "index": index,
         }
-        if self.with_image_labels:
-            sample["image_labels"] = image_labels(self.load(index)[1], self.num_classes)
+        if present is not None:
+            sample["image_labels"] = present
         return sample
 
 
