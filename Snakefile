@@ -6,6 +6,7 @@
 #                                                                  #   add --resources gpu=N)
 #   snakemake --workflow-profile workflow/profiles/slurm --configfile ...   # on SLURM
 #   snakemake ... results/tables/pifs_voc.csv                      # one table
+#   snakemake ... results/figures/mclos_vs_pifs/tsne.png           # one figure
 #   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
 #
 # The default config (beside this file) is read only when no --configfile is given, so a paper
@@ -22,13 +23,14 @@ report: "workflow/report/workflow.rst"
 wildcard_constraints:
     dataset=r"[a-z][a-z0-9_]*",
     task=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    method=r"[A-Za-z][A-Za-z0-9_]*",
+    method=r"[A-Za-z][A-Za-z0-9_-]*",
     base=r"[A-Za-z][A-Za-z0-9_]*",
     nshot=r"\d+",
     ishot=r"\d+",
     step=r"\d+",
     table=r"(?!.*_(?:runs|per_class)$)[A-Za-z0-9][A-Za-z0-9_.-]*",
     name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    figure=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 include: "rules/common.smk"
@@ -36,6 +38,7 @@ include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
 include: "rules/bench.smk"
 
 

@@ -76,6 +76,7 @@ class RunConfig:
     nshot: int = 5
     ishot: int = 0
     method: str = "FT"
+    label: str = ""  # this run's row in tables: a configured variant's name ("" = the method)
     seed: int = 42
     previous: str = ""  # model.pt of step - 1 (required for step > 0)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,8 +1,9 @@
 """Tables from metrics.json files: the papers' layout, every run, and per-class IoU.
 
-A table reads one metrics.json per run (the last step of its task) and has one row per method and,
-per setting (SS: single-step tasks; MS: multi-step tasks) and shot, the mean and the sample
-standard deviation (ddof=1) over folds and few-shot splits of mIoU-B, mIoU-N and HM, in percent.
+A table reads one metrics.json per run (the last step of its task) and has one row per method (a
+configured variant of a method has its own row: the run's `label`) and, per setting (SS:
+single-step tasks; MS: multi-step tasks) and shot, the mean and the sample standard deviation
+(ddof=1) over folds and few-shot splits of mIoU-B, mIoU-N and HM, in percent.
 
 HM convention: the table's HM is 2·B·N/(B+N) of the MEAN B and MEAN N of its cell, as in the PIFS
 tables (their HM equals that of their B and N columns within rounding); its std is the spread of
@@ -71,7 +72,8 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     for r in records:
         rows.append({
             "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
-            "method": r["method"], "base_method": r["base_method"], "nshot": r["nshot"],
+            "method": r.get("label", r["method"]), "registered_method": r["method"],
+            "base_method": r["base_method"], "nshot": r["nshot"],
             "ishot": r["ishot"], "step": r["step"], "num_steps": r["num_steps"],
             "mIoU-B": _pct(r["miou_base"]), "mIoU-N": _pct(r["miou_novel"]),
             "mIoU-all": _pct(r.get("miou_all")),
@@ -98,7 +100,8 @@ def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
         for index, (name, class_id, iou) in enumerate(zip(names, ids, ious)):
             rows.append({
                 "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
-                "method": r["method"], "nshot": r["nshot"], "ishot": r["ishot"], "step": r["step"],
+                "method": r.get("label", r["method"]), "nshot": r["nshot"], "ishot": r["ishot"],
+                "step": r["step"],
                 "class_index": index, "class_id": class_id, "class": name,
                 "novel": index >= num_base, "IoU": _pct(iou),
             })
@@ -171,10 +174,12 @@ def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
                   for s, k in cells for m in METRICS]
         lines.append("| " + " | ".join([str(method)] + values) + " |")
     counts = sorted({int(v) for s, k in cells for v in summary[(s, k, "n", "")] if v})
+    runs = "1 run per cell, so no ±" if counts == [1] else \
+        f"{'/'.join(map(str, counts)) or 0} runs per cell"
     lines += [
         "",
-        "mIoU in percent, mean ± sample std over folds and few-shot splits "
-        f"({'/'.join(map(str, counts)) or 0} runs per cell); mIoU-B includes background; "
+        f"mIoU in percent, mean ± sample std over folds and few-shot splits ({runs}); "
+        "mIoU-B includes background; "
         "HM = 2·B·N/(B+N) of the mean B and N (its ± is the spread of per-run HM); "
         "MS = after the last step of the multi-step tasks.",
     ]

@@ -138,11 +138,12 @@ def check_base(ckpt: dict, path, cfg: RunConfig, info) -> None:
                 f"method {cfg.method} starts from the step-0 model of {want}, but {path} was "
                 f"trained by {trained_by}; give the {want} step-0 model.pt"
             )
-    elif trained_by != cfg.method:
+        return
+    label, trained_as = cfg.label or cfg.method, ckpt["meta"].get("label", trained_by)
+    if (trained_by, trained_as) != (cfg.method, label):
         raise IfssError(
-            f"step {cfg.step} of method {cfg.method} continues its step-{cfg.step - 1} model, but "
-            f"{path} was trained by {trained_by}; give the {cfg.method} step-{cfg.step - 1} "
-            "model.pt"
+            f"step {cfg.step} of {label} continues its step-{cfg.step - 1} model, but {path} was "
+            f"trained by {trained_as}; give the {label} step-{cfg.step - 1} model.pt"
         )
 
 
@@ -198,7 +199,8 @@ def class_names(cfg: RunConfig, task: Task) -> list[str]:
 
 def metrics_record(cfg: RunConfig, task: Task, info, summary: dict, extra: dict) -> dict:
     return {
-        "dataset": cfg.dataset, "task": cfg.task, "method": cfg.method, "base_method": info.base,
+        "dataset": cfg.dataset, "task": cfg.task, "method": cfg.method,
+        "label": cfg.label or cfg.method, "base_method": info.base,
         "step": cfg.step, "num_steps": task.num_steps, "nshot": cfg.nshot, "ishot": cfg.ishot,
         "classes": class_names(cfg, task), "class_ids": list(task.order(cfg.step)),
         "num_base": task.num_base, **summary, "config": to_dict(cfg), "versions": versions(),
@@ -214,6 +216,7 @@ def save_model(path: Path, model, task: Task, cfg: RunConfig, method) -> None:
         "meta": {"classes_per_step": task.classes_per_step(cfg.step),
                  "class_ids": list(task.order(cfg.step)), "dataset": cfg.dataset,
                  "task": cfg.task, "step": cfg.step, "method": cfg.method,
+                 "label": cfg.label or cfg.method,
                  "config": json.dumps(to_dict(cfg))},
     }, path)
 

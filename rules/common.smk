@@ -37,7 +37,7 @@ PLANNED_METHODS = (
 )
 # Run-config keys the workflow sets itself, per run; a config fragment may not set them.
 WORKFLOW_KEYS = (
-    "dataset", "task", "step", "nshot", "ishot", "method", "previous",
+    "dataset", "task", "step", "nshot", "ishot", "method", "label", "previous",
     "data.root", "data.class_index", "model.pretrained",
 )
 SETTINGS = ("SS", "MS")
@@ -106,6 +106,29 @@ def _check_method_name(name: str, where: str) -> None:
     )
 
 
+def _check_variant(name: str, entry: dict, methods: dict) -> None:
+    """A variant names a method that is not itself a variant and shares its step-0 run."""
+    of = entry["method"]
+    if (methods.get(of) or {}).get("method", of) != of:
+        raise _config_error(
+            f"methods.{name}.method: {of!r} is itself a variant (of "
+            f"{methods[of]['method']!r}); name the registered method"
+        )
+    _check_method_name(of, f"methods.{name}.method")
+    if entry["step0"]:
+        raise _config_error(
+            f"methods.{name}.step0: a variant shares the step-0 run of {of}; set step-0 "
+            f"settings under methods.{of}.step0, or register a method with its own step 0"
+        )
+
+
+def _check_names(names, where: str, methods: dict) -> None:
+    for name in names:
+        if (methods.get(name) or {}).get("method", name) != name:
+            continue  # a variant, checked with its entry
+        _check_method_name(name, where)
+
+
 def check_config(cfg: dict) -> None:
     """What the schema cannot say: names that must exist in ifss, keys of the run config."""
     _check_fragment(cfg["run"], "run")
@@ -124,9 +147,12 @@ def check_config(cfg: dict) -> None:
         for part in ("run", "step0", "SS", "MS"):
             _check_fragment(ds[part], f"datasets.{name}.{part}")
     for name, method in cfg["methods"].items():
-        _check_method_name(name, f"methods.{name}")
         if method is None:
             cfg["methods"][name] = method = {"params": {}, "step0": {}, "fewshot": {}}
+        if method.get("method", name) != name:
+            _check_variant(name, method, cfg["methods"])
+        else:
+            _check_method_name(name, f"methods.{name}")
         for stage in STAGES:
             _check_fragment(method[stage], f"methods.{name}.{stage}")
     for name, override in cfg["overrides"].items():
@@ -151,8 +177,22 @@ def check_config(cfg: dict) -> None:
                 raise _config_error(f"tables.{name}.tasks: {err}") from None
             if steps < 2:
                 raise _config_error(f"tables.{name}.tasks: task {task!r} has no incremental step")
-        for method in table["methods"]:
-            _check_method_name(method, f"tables.{name}.methods")
+        _check_names(table["methods"], f"tables.{name}.methods", cfg["methods"])
+    for name, figure in cfg["figures"].items():
+        where = f"figures.{name}"
+        if figure["dataset"] not in cfg["datasets"]:
+            raise _config_error(f"{where}.dataset {figure['dataset']!r} is not under datasets")
+        try:
+            steps = get_task(figure["dataset"], figure["task"]).num_steps
+        except IfssError as err:
+            raise _config_error(f"{where}.task: {err}") from None
+        figure.setdefault("step", steps - 1)
+        if not 1 <= figure["step"] < steps:
+            raise _config_error(f"{where}.step: task {figure['task']!r} has few-shot steps "
+                                f"1..{steps - 1}")
+        if len(figure["methods"]) < 2:
+            raise _config_error(f"{where}.methods: a comparison needs two or more methods")
+        _check_names(figure["methods"], f"{where}.methods", cfg["methods"])
 
 
 def _as_list(value):
@@ -164,10 +204,24 @@ check_config(config)
 
 DATASETS = config["datasets"]
 TABLES = config["tables"]
+FIGURES = config["figures"]
 METHOD_SETTINGS = config["methods"]
 WEIGHTS_DIR = config["weights"]["dir"].rstrip("/")
 
-_unregistered = sorted({m for t in TABLES.values() for m in t["methods"] if m not in METHODS})
+
+def registered_method(name: str) -> str:
+    """The registered method a configured name runs: itself, or what its variant entry names."""
+    return (METHOD_SETTINGS.get(name) or {}).get("method", name)
+
+
+def is_registered(name: str) -> bool:
+    return registered_method(name) in METHODS
+
+
+_unregistered = sorted({
+    m for spec in (*TABLES.values(), *FIGURES.values()) for m in spec["methods"]
+    if not is_registered(m)
+})
 if _unregistered:
     logger.warning(
         f"ifss: methods not registered yet, left out of the tables until they are: "
@@ -227,10 +281,13 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _matches(when: dict, context: dict) -> bool:
+    """Every `when` key holds one of the run's values (a variant's run has two method names)."""
     for key, wanted in when.items():
-        if context.get(key) is None:
+        values = context.get(key)
+        if values is None:
             return False
-        if str(context[key]) not in {str(v) for v in _as_list(wanted)}:
+        values = values if isinstance(values, tuple) else (values,)
+        if not {str(v) for v in values} & {str(v) for v in _as_list(wanted)}:
             return False
     return True
 
@@ -240,17 +297,19 @@ def run_settings(dataset, task, method, stage, setting=None, nshot=None, ishot=N
     """The run fragment of one run, from this run's config sections only.
 
     Order (later wins): run, datasets.D.run, datasets.D.{step0|SS|MS}, methods.M.params,
-    methods.M.{step0|fewshot}, then every matching override in file order. No other method's
-    section is read, so editing one method's settings changes no other run's params.
+    methods.M.{step0|fewshot}, for a variant V of M then methods.V.params and methods.V.fewshot,
+    then every matching override in file order. No other method's section is read, so editing
+    one method's settings changes no other run's params (its variants' excepted).
     """
     ds = DATASETS[dataset]
-    method_cfg = METHOD_SETTINGS.get(method) or {}
-    layers = [
-        config["run"], ds["run"], ds["step0"] if stage == "step0" else ds[setting],
-        {"params": method_cfg.get("params") or {}}, method_cfg.get(stage) or {},
-    ]
-    context = dict(dataset=dataset, task=task, method=method, stage=stage, setting=setting,
-                   nshot=nshot, ishot=ishot, step=step)
+    registered = registered_method(method)
+    layers = [config["run"], ds["run"], ds["step0"] if stage == "step0" else ds[setting]]
+    for name in dict.fromkeys((registered, method)):
+        method_cfg = METHOD_SETTINGS.get(name) or {}
+        layers += [{"params": method_cfg.get("params") or {}}, method_cfg.get(stage) or {}]
+    names = tuple(dict.fromkeys((method, registered)))
+    context = dict(dataset=dataset, task=task, method=names if len(names) > 1 else method,
+                   stage=stage, setting=setting, nshot=nshot, ishot=ishot, step=step)
     layers += [o["set"] for o in config["overrides"].values() if _matches(o["when"], context)]
     return functools.reduce(_merge, layers, {})
 
@@ -344,8 +403,10 @@ def check_task(dataset: str, name: str):
 
 
 def check_method(name: str):
-    if name in METHODS:
-        return METHODS[name]
+    """The registry entry of a configured name (a variant resolves to its method)."""
+    if is_registered(name):
+        return METHODS[registered_method(name)]
+    name = registered_method(name)
     if name in PLANNED_METHODS:
         raise WorkflowError(
             f"method {name!r} is not registered yet in ifss/methods/registry.py; "
@@ -384,7 +445,7 @@ def table_runs(name: str) -> list:
     for task_name in table["tasks"]:
         last = get_task(table["dataset"], task_name).num_steps - 1
         for method in table["methods"]:
-            if method not in METHODS:
+            if not is_registered(method):
                 continue
             for nshot in table["shots"]:
                 for ishot in table["ishots"]:
@@ -402,8 +463,16 @@ def table_outputs(name: str) -> list:
     return [f"{base}.csv", f"{base}.md", f"{base}_runs.csv", f"{base}_per_class.csv"]
 
 
+def figure_outputs(name: str) -> list:
+    return [f"results/figures/{name}/qualitative.png", f"results/figures/{name}/tsne.png"]
+
+
 def all_targets() -> list:
-    return [path for name in TABLES for path in table_outputs(name)]
+    tables = [path for name in TABLES for path in table_outputs(name)]
+    figures = [path for name, figure in FIGURES.items()
+               if all(is_registered(m) for m in figure["methods"])
+               for path in figure_outputs(name)]
+    return tables + figures
 
 
 # ----------------------------------------------------------------- data and weights rules
@@ -513,8 +582,11 @@ def step_inputs(wildcards):
 
 def step_sets(wildcards):
     _, fragment = _fewshot_run(wildcards)
+    method = registered_method(wildcards.method)
     fixed = dict(dataset=wildcards.dataset, task=wildcards.task, step=int(wildcards.step),
-                 nshot=int(wildcards.nshot), ishot=int(wildcards.ishot), method=wildcards.method)
+                 nshot=int(wildcards.nshot), ishot=int(wildcards.ishot), method=method)
+    if method != wildcards.method:
+        fixed["label"] = wildcards.method  # a variant: its own row in tables
     fixed.update(_dataset_keys(wildcards.dataset))
     return set_args(fixed, fragment)
 
@@ -534,9 +606,49 @@ def table_spec(wildcards):
         "name": wildcards.table,
         "title": table.get("title", wildcards.table),
         "dataset": table["dataset"],
-        "methods": [m for m in table["methods"] if m in METHODS],
+        "methods": [m for m in table["methods"] if is_registered(m)],
         "shots": table["shots"],
     }
+
+
+# ----------------------------------------------------------------- figures rule
+
+
+def _figure(wildcards) -> dict:
+    if wildcards.figure not in FIGURES:
+        raise _unknown("figure", wildcards.figure, FIGURES, "under `figures` in the config")
+    return FIGURES[wildcards.figure]
+
+
+def figure_model(figure: str, method: str) -> str:
+    return f"results/figures/{figure}/models/{method}.pt"
+
+
+def figure_inputs(wildcards):
+    """The figure's copies of the compared runs' model.pt."""
+    fig = _figure(wildcards)
+    for method in fig["methods"]:
+        check_method(method)
+    models = [figure_model(wildcards.figure, m) for m in fig["methods"]]
+    return {"models": models, **dataset_inputs(fig["dataset"])}
+
+
+def figure_model_source(wildcards):
+    """The model.pt of one compared run (a temp() file the copy keeps for the figure)."""
+    fig = _figure(wildcards)
+    if wildcards.method not in fig["methods"]:
+        raise _unknown("method", wildcards.method, fig["methods"],
+                       f"of figures.{wildcards.figure}")
+    run = step_dir(fig["dataset"], fig["task"], wildcards.method, fig["nshot"], fig["ishot"],
+                   fig["step"])
+    return os.path.join(run, "model.pt")
+
+
+def figure_params(wildcards) -> dict:
+    fig = _figure(wildcards)
+    keys = ("num_images", "tsne_images", "per_class", "tsne_iterations")
+    return {"names": fig["methods"], "data_root": DATASETS[fig["dataset"]]["root"],
+            **{k: fig[k] for k in keys}}
 
 
 # ----------------------------------------------------------------------------- bench

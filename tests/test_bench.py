@@ -105,6 +105,8 @@ def test_method_table(quick):
     methods = rec["methods"]
     assert methods["FT"]["trains"] is True and methods["FT"]["step_s"] > 0
     assert methods["PIFS"]["reference"] == "FT"
+    # MCLOS is timed against full memory banks (its steady state), the others have none
+    assert methods["MCLOS"]["memory_filled"] is True and methods["PIFS"]["memory_filled"] is False
     for name, entry in methods.items():
         assert entry["trains"] in (True, False, None), name
         if entry["trains"] is None:

@@ -20,7 +20,8 @@ from ifss.results import (
 )
 
 
-def _metrics(tmp: Path, method, task, nshot, ishot, base, novel, num_steps=2, iou=None):
+def _metrics(tmp: Path, method, task, nshot, ishot, base, novel, num_steps=2, iou=None,
+             label=None):
     step = num_steps - 1
     record = {
         "dataset": "synthetic", "task": task, "method": method, "base_method": "FT",
@@ -31,7 +32,9 @@ def _metrics(tmp: Path, method, task, nshot, ishot, base, novel, num_steps=2, io
         "hm": None, "pixel_accuracy": 0.9, "config": {}, "versions": {}, "seed": 42,
         "wall_time_s": 1.0, "iterations": 10, "device": "cpu",
     }
-    path = tmp / task / method / f"s{nshot}-i{ishot}" / f"step{step}" / "metrics.json"
+    if label:
+        record["label"] = label
+    path = tmp / task / (label or method) / f"s{nshot}-i{ishot}" / f"step{step}" / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
     return path
@@ -111,6 +114,18 @@ def test_write_tables_files(runs, tmp_path):
     first = per_class.iloc[:3]
     assert list(first["class"]) == ["background", "a", "b"]
     assert list(first["novel"]) == [False, False, True]
+
+
+def test_a_variant_is_its_own_row(runs, tmp_path):
+    """A run of a configured variant (metrics label) fills the variant's row, not its method's."""
+    variant = _metrics(tmp_path, "FT", "5-0", 1, 0, 0.30, 0.40, label="FT-long")
+    frame = runs_frame(load_metrics(runs + [variant]))
+    assert list(frame.loc[frame["method"] == "FT-long", "registered_method"]) == ["FT"]
+    table = summary_frame(frame, methods=["FT", "FT-long"], shots=[1])
+    assert table.loc["FT", ("SS", 1, "n", "")] == 4  # unchanged by the variant's run
+    assert table.loc["FT-long", ("SS", 1, "mIoU-N", "mean")] == pytest.approx(40.0)
+    per_class = per_class_frame(load_metrics([variant]))
+    assert set(per_class["method"]) == {"FT-long"}
 
 
 def test_per_class_absent_class_stays_empty(tmp_path):

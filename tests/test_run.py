@@ -145,3 +145,19 @@ def test_step1_method_cannot_train_step0_of_another_base(synth_root, tmp_path):
                                             previous=tmp_path / "missing.pt"))
     with pytest.raises(IfssError, match="checkpoint .*missing.pt does not exist"):
         train_run(cfg, tmp_path / "run")
+
+
+def test_a_variant_continues_only_its_own_chain(step0, synth_root, tmp_path):
+    """A labelled run records its label; step 2 of another label (or the plain method) is refused
+    (the workflow names variants of one method: their chains must not cross)."""
+    step1 = tmp_path / "variant1"
+    cfg = build_config(None, tiny_overrides(synth_root, method="COS", task="5-0m", step=1,
+                                            label="COS-x", previous=step0 / "model.pt"))
+    record = train_run(cfg, step1)
+    assert record["label"] == "COS-x" and record["method"] == "COS"
+    assert torch.load(step1 / "model.pt", weights_only=True)["meta"]["label"] == "COS-x"
+    plain = build_config(None, tiny_overrides(synth_root, method="COS", task="5-0m", step=2,
+                                              previous=step1 / "model.pt"))
+    with pytest.raises(IfssError, match=r"step 2 of COS continues its step-1 model, but .* was "
+                                        r"trained by COS-x; give the COS step-1 model.pt"):
+        train_run(plain, tmp_path / "plain2")

@@ -105,6 +105,19 @@ def default_config() -> dict:
      "tables.demo.tasks: unknown task '5-9'"),
     (lambda c: c["overrides"].update(x={"when": {"setting": "XS"}, "set": {}}),
      "overrides.x.when.setting: 'XS' is not one of SS, MS"),
+    (lambda c: c["methods"].update({"PIFS-x": {"method": "PFIS"}}),
+     "methods.PIFS-x.method: unknown method 'PFIS' (did you mean PIFS"),
+    (lambda c: c["methods"].update({"A": {"method": "PIFS"}, "B": {"method": "A"}}),
+     "methods.B.method: 'A' is itself a variant (of 'PIFS'); name the registered method"),
+    (lambda c: c["methods"].update({"P2": {"method": "PIFS", "step0": {"train": {"lr": 0.1}}}}),
+     "methods.P2.step0: a variant shares the step-0 run of PIFS"),
+    (lambda c: c["tables"]["demo"].update(methods=["FT", "PIFS-y"]),
+     "tables.demo.methods: unknown method 'PIFS-y'"),
+    (lambda c: c["figures"].update(f={"dataset": "synthetic", "task": "5-0", "methods": ["FT"]}),
+     "figures.f.methods: a comparison needs two or more methods"),
+    (lambda c: c["figures"].update(f={"dataset": "synthetic", "task": "5-0", "step": 2,
+                                      "methods": ["FT", "WI"]}),
+     "figures.f.step: task '5-0' has few-shot steps 1..1"),
 ])
 def test_invalid_config_is_named(tmp_path, edit, message):
     cfg = default_config()
@@ -133,18 +146,55 @@ def test_schema_fills_defaults(tmp_path):
 
 
 def test_default_config_builds_every_table_kind(tmp_path):
+    """The demo: the whole registered family in one table (SS + MS, 2 shots), the MCLOS ablation
+    tables of variants over 3 splits, and the figures; each run planned once."""
+    from ifss.methods.registry import METHODS
+
     rc, out = snakemake(tmp_path, "-n")
     assert rc == 0, out[-2000:]
     counts = job_counts(out)
-    cfg = default_config()["tables"]["demo"]
-    from ifss.methods.registry import METHODS
+    cfg = default_config()
+    runs = {(task, method, nshot, ishot, step)
+            for table in cfg["tables"].values() for task in table["tasks"]
+            for method in table["methods"] for nshot in table["shots"]
+            for ishot in table["ishots"] for step in range(1, 6 if task.endswith("m") else 2)}
+    assert counts["train_step"] == len(runs)
+    assert counts["table"] == len(cfg["tables"]) and counts["figures"] == len(cfg["figures"]) == 1
+    demo = cfg["tables"]["demo"]
+    assert set(demo["methods"]) == set(METHODS) - {"COS"}  # every method of the papers' tables
+    assert set(demo["tasks"]) == {"5-0", "5-0m"} and len(demo["shots"]) >= 2
+    variants = {name for name, m in cfg["methods"].items() if m and "method" in m}
+    assert len(variants) == 5 and all(cfg["methods"][v]["method"] == "MCLOS" for v in variants)
+    ablations = [t for name, t in cfg["tables"].items() if name != "demo"]
+    assert {m for t in ablations for m in t["methods"]} == variants | {"PIFS", "MCLOS"}
+    assert all(len(t["ishots"]) >= 2 for t in ablations)
+    assert counts["train_step0"] == len({METHODS[m].base for m in demo["methods"]} | {"COS"})
 
-    methods = [m for m in cfg["methods"] if m in METHODS]
-    runs = len(methods) * len(cfg["shots"]) * len(cfg["ishots"])
-    assert counts["train_step"] == runs * (1 + 5)  # 5-0: one step; 5-0m: five steps
-    assert counts["table"] == 1 and counts["synth_synthetic"] == 1
-    assert len(cfg["shots"]) >= 2 and len(cfg["ishots"]) >= 2
-    assert {METHODS[m].base for m in methods} >= {"FT", "COS"}  # FT- and COS-based methods
+
+def test_a_variant_runs_its_method_with_its_settings_from_the_shared_step0(tmp_path):
+    """A variant: the registered method's code, its settings then the variant's, the method's
+    step-0 run, its own run folder and row (label); overrides match either name."""
+    cfg = default_config()
+    cfg["methods"]["PIFS"] = {"params": {"loss_kd": 10.0}, "fewshot": {"train": {"lr": 0.002}}}
+    cfg["methods"]["PIFS-kd1"] = {"method": "PIFS", "params": {"loss_kd": 1.0}}
+    cfg["overrides"] = {"o": {"when": {"method": "PIFS", "stage": "fewshot"},
+                              "set": {"data": {"batch_size": 3}}},
+                        "v": {"when": {"method": "PIFS-kd1"}, "set": {"train": {"momentum": 0.5}}}}
+    target = "results/runs/synthetic/5-0/PIFS-kd1/s1-i0/step1/metrics.json"
+    rc, out = snakemake(tmp_path, target, "-n", "-p", "--configfile",
+                        str(write_config(tmp_path / "c.yaml", cfg)))
+    assert rc == 0, out[-3000:]
+    assert job_counts(out)["train_step0"] == 1
+    assert "step0/COS/metrics.json" in out and "step0/PIFS" not in out
+    command = next(line for line in out.splitlines() if "PIFS-kd1/s1-i0/step1/metrics.json)" in line)
+    for pair in ("method=PIFS", "label=PIFS-kd1", "params.loss_kd=1.0", "train.lr=0.002",
+                 "data.batch_size=3", "train.momentum=0.5"):
+        assert f"--set {pair} " in command + " ", pair
+    assert "--previous results/runs/synthetic/5-0/step0/COS/model.pt" in command
+    # the plain method's run is not touched by the variant-only override
+    rc, out = snakemake(tmp_path, "results/runs/synthetic/5-0/PIFS/s1-i0/step1/metrics.json",
+                        "-n", "-p", "--configfile", str(tmp_path / "c.yaml"))
+    assert rc == 0 and "train.momentum" not in out and "label=" not in out, out[-3000:]
 
 
 def test_paper_configs_dry_run_is_fast(tmp_path, record_property):
@@ -158,11 +208,14 @@ def test_paper_configs_dry_run_is_fast(tmp_path, record_property):
     record_property("paper_dry_run_jobs", counts["total"])
     print(f"\ndry run of both paper configs: {counts['total']} jobs in {seconds:.1f} s")
     # 11 methods x 9 (shot, split) x (VOC: 4 SS + 4 MS x 5 steps; COCO: 4 SS + 4 MS x 4 steps)
-    assert counts["train_step"] == 11 * 9 * ((4 + 4 * 5) + (4 + 4 * 4)) == 4356
-    # step 0 per fold and base method (FT, COS, DWI, RT, SPN, MCLOS); 5-im/20-im reuse 5-i/20-i
+    # + the VOC ablations: 5 MCLOS variants x 4 folds x 3 splits (SS 1-shot)
+    assert counts["train_step"] == 11 * 9 * ((4 + 4 * 5) + (4 + 4 * 4)) + 5 * 4 * 3 == 4416
+    # step 0 per fold and base method (FT, COS, DWI, RT, SPN, MCLOS); 5-im/20-im reuse 5-i/20-i;
+    # the variants share MCLOS's
     assert counts["train_step0"] == 2 * 4 * len(paper_bases())
     assert counts["download_voc"] == counts["download_coco"] == counts["weights"] == 1
-    assert counts["table"] == 2 and counts["total"] == 4356 + counts["train_step0"] + 8
+    assert counts["table"] == 4 and counts["figures"] == 2 and counts["figure_model"] == 4
+    assert counts["total"] == 4416 + counts["train_step0"] + 16
     assert seconds < 30, f"dry run took {seconds:.1f} s (target: under 10 s on an idle machine)"
 
 
@@ -191,9 +244,10 @@ def test_paper_params_match_registered_methods():
 
     for config in PAPER_CONFIGS:
         for name, method in yaml.safe_load(config.read_text())["methods"].items():
-            if name not in METHODS or not method:
+            registered = (method or {}).get("method", name)
+            if registered not in METHODS or not method:
                 continue
-            fields = {f.name for f in dataclasses.fields(get_method_class(name).Params)}
+            fields = {f.name for f in dataclasses.fields(get_method_class(registered).Params)}
             unknown = set(method.get("params") or {}) - fields
             assert not unknown, f"{config.name}: methods.{name}.params {sorted(unknown)}"
 
@@ -276,9 +330,15 @@ E2E_CONFIG = {
         "SS": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 2}},
         "MS": {"train": {"iterations": 1, "lr": 0.001}, "data": {"batch_size": 2}},
     }},
-    "methods": {"FT": {}, "COS": {}},
+    "methods": {"FT": {}, "COS": {},
+                "FT-hi": {"method": "FT", "fewshot": {"train": {"lr": 0.01}}}},  # a variant
     "tables": {"e2e": {"dataset": "synthetic", "tasks": ["5-0", "5-0m"], "methods": ["FT", "COS"],
-                       "shots": [1], "ishots": [0, 1]}},
+                       "shots": [1], "ishots": [0, 1]},
+               "e2e_variants": {"dataset": "synthetic", "tasks": ["5-0"],
+                                "methods": ["FT", "FT-hi"], "shots": [1], "ishots": [0, 1]}},
+    "figures": {"e2e": {"dataset": "synthetic", "task": "5-0", "methods": ["FT", "COS"],
+                        "num_images": 2, "tsne_images": 10, "per_class": 20,
+                        "tsne_iterations": 250}},
 }
 ONE_RUN = "results/runs/synthetic/5-0/FT/s1-i0/step1/metrics.json"
 
@@ -302,7 +362,7 @@ def test_e2e_tables(e2e):
     import pandas as pd
 
     workdir, _, out = e2e
-    assert job_counts(out)["train_step"] == 2 * 1 * 2 * (1 + 5)
+    assert job_counts(out)["train_step"] == 2 * 1 * 2 * (1 + 5) + 2  # + the variant's 2 runs
     tables = workdir / "results" / "tables"
     summary = pd.read_csv(tables / "e2e.csv").set_index("method")
     assert list(summary.index) == ["FT", "COS"]
@@ -315,6 +375,25 @@ def test_e2e_tables(e2e):
     per_class = pd.read_csv(tables / "e2e_per_class.csv")
     assert len(per_class) == 8 * 21  # 5-0 step 1 and 5-0m step 5 both see all 21 classes
     assert " ± " in (tables / "e2e.md").read_text()
+
+
+@pytest.mark.slow
+def test_e2e_variant_row_and_figures(e2e):
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    workdir = e2e[0]
+    summary = pd.read_csv(workdir / "results/tables/e2e_variants.csv").set_index("method")
+    assert list(summary.index) == ["FT", "FT-hi"] and (summary["SS 1-shot n"] == 2).all()
+    run = workdir / "results/runs/synthetic/5-0/FT-hi/s1-i0/step1"
+    record = json.loads((run / "metrics.json").read_text())
+    assert (record["method"], record["label"], record["config"]["train"]["lr"]) == \
+        ("FT", "FT-hi", 0.01)
+    for name in ("qualitative", "tsne"):
+        with Image.open(workdir / f"results/figures/e2e/{name}.png") as png:
+            assert png.width > 200 and png.height > 100
 
 
 @pytest.mark.slow
@@ -349,8 +428,10 @@ def test_e2e_editing_another_method_reruns_nothing(e2e, tmp_path):
     rc, out = snakemake(workdir, "-n", "--configfile", edited)
     assert rc == 0, out[-3000:]
     counts = job_counts(out)
-    # only COS's few-shot steps (its step 0 settings did not change), then the table
-    assert counts == {"train_step": 1 * 2 * (1 + 5), "table": 1, "all": 1, "total": 14}, out[-3000:]
+    # only COS's few-shot steps (its step 0 settings did not change), then its table and the
+    # figure that compares it (from the figure's copy of FT's model: FT's run is not redone)
+    assert counts == {"train_step": 1 * 2 * (1 + 5), "table": 1, "figure_model": 1,
+                      "figures": 1, "all": 1, "total": 16}, out[-3000:]
     planned = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert planned and not any("/FT/" in line for line in planned)
 
@@ -361,5 +442,6 @@ def test_e2e_report_holds_the_tables(e2e):
     rc, out = snakemake(workdir, "--report", "report.html", "--configfile", str(config))
     assert rc == 0, out[-3000:]
     html = (workdir / "report.html").read_text()
-    for text in ("e2e.csv", "e2e_runs.csv", "e2e_per_class.csv", "convention of the PIFS tables"):
+    for text in ("e2e.csv", "e2e_runs.csv", "e2e_per_class.csv", "convention of the PIFS tables",
+                 "qualitative.png", "tsne.png", "silhouette score"):
         assert text in html

@@ -202,6 +202,22 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
                  run_dir, base, own)
 
 
+@torch.no_grad()
+def fill_memory(method, seed: int = 0) -> bool:
+    """Fill every bank of a method's memory (MCLOS) to capacity with random unit vectors, so a
+    step is timed as it runs once the memory is full (most of a real run), not against the
+    empty memory a fresh setup has. False when the method has no memory."""
+    memory = getattr(method, "memory", None)
+    if memory is None:
+        return False
+    queue = memory.queue
+    gen = torch.Generator().manual_seed(seed)
+    entries = torch.randn(queue.storage.shape[0] - 1, queue.dim, generator=gen)
+    queue.storage[:-1].copy_(torch.nn.functional.normalize(entries, dim=1))
+    queue.count.fill_(queue.size)
+    return True
+
+
 def engine_step_seconds(setup: Setup, iterations: int, runtime: Runtime | None = None) -> float:
     """Seconds per iteration of `engine.train` over `iterations` iterations, everything it does
     included (optimizer and loader construction, logging, the method's loss) and nothing

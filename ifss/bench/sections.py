@@ -27,7 +27,7 @@ import torch
 from ifss.bench import gpu
 from ifss.bench.harness import (BareLoop, MemorySet, Setup, bare_forward_images_per_s,
                                 build_setup, engine_step_seconds, eval_images_per_s,
-                                loader_images_per_s, memory_probe, run_config)
+                                fill_memory, loader_images_per_s, memory_probe, run_config)
 from ifss.bench.report import figure, skipped
 from ifss.bench.sizes import Sizes
 from ifss.bench.timing import MIB, Stopwatch, interleaved, median, ratio, tensor_bytes
@@ -181,7 +181,8 @@ def method_overhead(ctx: Context) -> dict:
         except Exception as err:  # noqa: BLE001 - a method under construction is a note
             table[name] = {"trains": None, "note": f"setup failed ({_error(err)})"}
             continue
-        entry = {"prepare_s": setup.prepare_s, "note": None}
+        entry = {"prepare_s": setup.prepare_s, "note": None,
+                 "memory_filled": fill_memory(setup.method)}
         try:
             entry["trains"] = setup.trains()
         except Exception as err:  # noqa: BLE001

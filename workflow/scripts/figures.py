@@ -1,8 +1,9 @@
 """Rule `figures` (or the command line): two or more model.pt of one setting -> the qualitative
 comparison and the t-SNE PNGs of the MCLOS paper (ifss.figures does the work).
 
-Snakemake: input.models (one model.pt per run, in the order of params.names), output.qualitative,
-output.tsne; params.names, optional params.data_root, params.num_images, params.per_class; log.
+Snakemake (rules/figures.smk): input.models (one model.pt per run, in the order of
+params.spec["names"]), output.qualitative, output.tsne, params.spec (names, data_root, num_images,
+tsne_images, per_class, tsne_iterations), log.
 Command line:
     python workflow/scripts/figures.py --run PIFS=path/model.pt --run MCLOS=path/model.pt \
         --qualitative out/qualitative.png --tsne out/tsne.png [--data-root DIR]
@@ -56,11 +57,11 @@ def main(argv=None) -> int:
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821 (set by Snakemake)
     logging.basicConfig(filename=sm.log[0], level=logging.INFO)
-    params = dict(sm.params.items())
+    spec = sm.params.spec
     try:
-        make(dict(zip(params["names"], sm.input.models)), sm.output.qualitative, sm.output.tsne,
-             params.get("data_root"), params.get("num_images", 4), params.get("tsne_images", 40),
-             params.get("per_class", 100), params.get("tsne_iterations", 1000))
+        make(dict(zip(spec["names"], sm.input.models)), sm.output.qualitative, sm.output.tsne,
+             spec["data_root"], spec["num_images"], spec["tsne_images"], spec["per_class"],
+             spec["tsne_iterations"])
     except Exception:
         logging.exception("figures failed")
         raise

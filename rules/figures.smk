@@ -1,0 +1,50 @@
+# Figures: per `figures` entry, the qualitative comparison (image, ground truth, each run's
+# masks in the dataset palette) and a t-SNE of pixel embeddings, from the compared runs' model.pt
+# (ifss/figures.py does the work); both go into the `snakemake --report` HTML.
+#
+# A figure reads its own copies of the models: few-shot models are temp() files, and once one
+# is deleted a figure rerun (say, after one compared method's settings change) would otherwise
+# retrain every other compared run too.
+
+import shutil
+
+
+rule figure_model:
+    input:
+        figure_model_source,
+    output:
+        "results/figures/{figure}/models/{method}.pt",
+    log:
+        "logs/figures/{figure}/{method}.log",
+    localrule: True
+    run:
+        shutil.copyfile(input[0], output[0])
+
+
+rule figures:
+    input:
+        unpack(figure_inputs),
+    output:
+        qualitative=report(
+            "results/figures/{figure}/qualitative.png",
+            caption="../workflow/report/qualitative.rst",
+            category="Figures",
+            labels={"figure": "{figure}", "content": "qualitative"},
+        ),
+        tsne=report(
+            "results/figures/{figure}/tsne.png",
+            caption="../workflow/report/tsne.rst",
+            category="Figures",
+            labels={"figure": "{figure}", "content": "t-SNE"},
+        ),
+    params:
+        spec=figure_params,
+    log:
+        "logs/figures/{figure}.log",
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/ifss.yaml"
+    script:
+        "../workflow/scripts/figures.py"
