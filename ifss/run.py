@@ -142,8 +142,8 @@ def check_base(ckpt: dict, path, cfg: RunConfig, info) -> None:
     label, trained_as = cfg.label or cfg.method, ckpt["meta"].get("label", trained_by)
     if (trained_by, trained_as) != (cfg.method, label):
         raise IfssError(
-            f"step {cfg.step} of {label} continues its step-{cfg.step - 1} model, but {path} was "
-            f"trained by {trained_as}; give the {label} step-{cfg.step - 1} model.pt"
+            f"step {cfg.step} of method {label} continues its step-{cfg.step - 1} model, but "
+            f"{path} was trained by {trained_as}; give the {label} step-{cfg.step - 1} model.pt"
         )
 
 

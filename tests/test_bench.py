@@ -3,6 +3,8 @@ table, the CUDA-only section's null-with-reason on CPU, and the pieces it is bui
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -119,6 +121,19 @@ def one_thread():
     torch.set_num_threads(1)  # as the quick bench: small ops on a shared CPU
     yield
     torch.set_num_threads(threads)
+
+
+def test_quick_mclos_is_the_demo_configuration():
+    """The quick bench times MCLOS as the demo config runs it (not the papers' memory sizes)."""
+    import yaml
+
+    from ifss.bench.sizes import DEMO_MCLOS_PARAMS, sizes_for
+
+    demo = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    params = demo["methods"]["MCLOS"]["params"]
+    assert {k: params[k] for k in DEMO_MCLOS_PARAMS} == DEMO_MCLOS_PARAMS
+    assert sizes_for("cpu", True).method_params["MCLOS"] == DEMO_MCLOS_PARAMS
+    assert not sizes_for("cpu", False).method_params  # the paper size: the paper's memory
 
 
 def test_precision_section_code_path_on_cpu(tmp_path, one_thread):

@@ -158,6 +158,6 @@ def test_a_variant_continues_only_its_own_chain(step0, synth_root, tmp_path):
     assert torch.load(step1 / "model.pt", weights_only=True)["meta"]["label"] == "COS-x"
     plain = build_config(None, tiny_overrides(synth_root, method="COS", task="5-0m", step=2,
                                               previous=step1 / "model.pt"))
-    with pytest.raises(IfssError, match=r"step 2 of COS continues its step-1 model, but .* was "
+    with pytest.raises(IfssError, match=r"step 2 of method COS continues its step-1 model, but .* was "
                                         r"trained by COS-x; give the COS step-1 model.pt"):
         train_run(plain, tmp_path / "plain2")

@@ -130,6 +130,7 @@ def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int 
                           lr=1e-3, device=runtime.device.type, amp=runtime.amp,
                           channels_last=runtime.channels_last),
         eval=EvalConfig(batch_size=sizes.eval_batch),
+        params=dict(sizes.method_params.get(name, {})),
     )
 
 

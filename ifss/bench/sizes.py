@@ -13,11 +13,12 @@ took 21.7-40.5 s across repeats on two threads and 4.7-5.2 s on one, a full CPU 
 two threads and 5-10 min on one, and imprinting 5 tiny-model images 6.7 s on two threads and
 0.07 s on one. The figures are ratios, which the thread count hardly moves; absolute images/s
 are single-thread. `--quick` (the CI size: the tiny backbone on 64x64 images, a few iterations
-per repeat, no `snakemake -n` runs, which take seconds each) takes about 10 s.
+per repeat, no `snakemake -n` runs, which take seconds each, MCLOS with the demo config's
+scaled memory) takes about 10 s.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Sizes:
     nshot: int = 1  # the few-shot step trains on 5 * nshot images (task 5-0, step 1)
     task: str = "5-0"
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
+    # method -> params of its run (default: the method's own, the papers' sizes)
+    method_params: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,12 @@ class Sizes:
 
 PAPER_MODEL = dict(backbone="resnet101", head_channels=256, output_stride=16,
                    activation="leaky_relu", crop=512)
+
+# MCLOS at the demo size: the paper's memory (5000 entries per class and bank, 1024/2048
+# examples) dwarfs a tiny model's step, so the demo config scales it to its 64 px images; the
+# quick bench times that configuration (the same values as config/config.yaml, tested).
+DEMO_MCLOS_PARAMS = dict(memory_size=200, memory_candidates=32, anchors_per_class=4,
+                         max_anchors=64, num_pos=32, num_neg=128)
 
 SIZES = {
     ("cuda", False): Sizes(**PAPER_MODEL, batch=8, iterations=10, warmup=1, repeats=5,
@@ -65,7 +74,8 @@ SIZES = {
                            activation="relu", crop=64, batch=4, iterations=2, warmup=1,
                            repeats=3, method_iterations=2, method_warmup=1, method_repeats=2,
                            eval_images=8, eval_batch=8, loader_batches=5, workers=2,
-                           workflow_repeats=0, threads=1),
+                           workflow_repeats=0, threads=1,
+                           method_params={"MCLOS": DEMO_MCLOS_PARAMS}),
 }
 
 

@@ -111,10 +111,10 @@ class DynamicWeightImprinting(Method):
         if self.step == 0:
             return
         if self.generator is None:
+            source = self.cfg.previous or "the model it starts from (no previous model.pt)"
             raise IfssError(
                 f"DWI step {self.step} needs the weight generator meta-trained at DWI step 0, and "
-                f"{self.cfg.previous} holds none; give the model.pt of the DWI step-"
-                f"{self.step - 1} run"
+                f"{source} holds none; give the model.pt of the DWI step-{self.step - 1} run"
             )
         device = self.runtime.device
         self.generator.to(device)
