@@ -72,7 +72,7 @@ SIZES = {
                           workflow_repeats=2, threads=1),
     ("quick", True): Sizes(backbone="resnet_tiny", head_channels=64, output_stride=16,
                            activation="relu", crop=64, batch=4, iterations=2, warmup=1,
-                           repeats=3, method_iterations=2, method_warmup=1, method_repeats=2,
+                           repeats=3, method_iterations=8, method_warmup=1, method_repeats=3,
                            eval_images=8, eval_batch=8, loader_batches=5, workers=2,
                            workflow_repeats=0, threads=1,
                            method_params={"MCLOS": DEMO_MCLOS_PARAMS}),
