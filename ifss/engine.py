@@ -25,6 +25,7 @@ from ifss.data.segmentation import SegmentationSet, pad_collate
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
 from ifss.metrics import ConfusionMatrix, summarize
+from ifss.models.norm import fix_norm_statistics
 
 log = logging.getLogger("ifss")
 RESUME_FILE = "resume.pt"
@@ -122,6 +123,8 @@ def train(
     if runtime.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # training crops have one size
     model.train()
+    if cfg.train.fix_bn:
+        fix_norm_statistics(model)
     old = method.old_model
     bar = tqdm(total=total, initial=start, disable=not (sys.stderr.isatty() and runtime.is_main),
                desc=f"{cfg.method} step {cfg.step}", dynamic_ncols=True)

@@ -103,6 +103,25 @@ def test_same_config_same_numbers(synth_root, tmp_path):
     assert a["iou"] == b["iou"]
 
 
+def test_fix_bn_keeps_running_statistics(step0, synth_root, tmp_path):
+    """train.fix_bn: the weights train, the norm layers' running statistics stay those of the
+    previous model; without it the few-shot batches move them."""
+    def step1(name, **extra):
+        out = tmp_path / name
+        cfg = build_config(None, tiny_overrides(synth_root, method="COS", task="5-0", step=1,
+                                                previous=step0 / "model.pt", **extra))
+        train_run(cfg, out)
+        return torch.load(out / "model.pt", weights_only=True)["model"]
+
+    before = torch.load(step0 / "model.pt", weights_only=True)["model"]
+    fixed, moving = step1("fixed", **{"train.fix_bn": "true"}), step1("moving")
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(fixed[k], before[k]) for k in stats)
+    assert not all(torch.equal(moving[k], before[k]) for k in stats)
+    weight = next(k for k in before if k.startswith("head.") and k.endswith("conv.weight"))
+    assert not torch.equal(fixed[weight], before[weight])
+
+
 @pytest.mark.parametrize("pairs, message", [
     (["task=5-7"], "unknown task '5-7'.*valid tasks"),
     (["method=FTT"], "unknown method 'FTT'.*valid methods: FT, COS"),
