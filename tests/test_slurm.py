@@ -1,10 +1,10 @@
 """The workflow on a real one-node SLURM cluster, through workflow/profiles/slurm.
 
 .ci/slurm-up.sh installs Debian's slurm-wlm + munge when missing and starts munged, slurmctld and
-slurmd on this machine. A small synthetic target (dataset, class index, step 0, one few-shot
-step: four jobs) then runs with the shipped SLURM profile; the cluster-specific values (no GPU,
-two CPUs, little memory here) are overridden on the command line, the way the profile's header
-tells a user to. The test checks in slurmctld's own log that every job went through it.
+slurmd on this machine. A small synthetic target (dataset, class index, step 0, and a 2-step
+multi-step chain that the profile groups into one job: four SLURM jobs) then runs with the
+shipped SLURM profile; the cluster-specific values (no GPU, two CPUs, little memory here) are
+overridden on the command line, the way the profile's header tells a user to. The test checks in slurmctld's own log that every job went through it.
 
 In CI (CI=true) the test always runs; elsewhere it is skipped, with the reason, only when this is
 not root or apt-get is missing.
@@ -26,7 +26,7 @@ from test_workflow import E2E_CONFIG, ROOT, SNAKEFILE, job_counts, write_config
 
 STATE = Path(os.environ.get("IFSS_SLURM_STATE", "/var/tmp/ifss-slurm"))
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
-TARGET = "results/runs/synthetic/5-0/FT/s1-i0/step1/metrics.json"
+TARGET = "results/runs/synthetic/5-0m/FT/s1-i0/step2/metrics.json"  # a 2-step chain
 SITE = [  # what this one-node cluster can give (the profile asks for GPU-node sizes)
     "--default-resources", "slurm_partition=cpu", "runtime=10", "mem_mb=1000", "cpus_per_task=1",
     "--set-resources",
@@ -88,7 +88,8 @@ def test_small_target_runs_through_slurmctld(cluster, tmp_path, record_property)
     assert proc.returncode == 0, out[-5000:]
     assert (tmp_path / TARGET).is_file()
     assert job_counts(out) == {"synth_synthetic": 1, "class_index": 1, "train_step0": 1,
-                               "train_step": 1, "total": 4}, out[-3000:]
+                               "train_step": 2, "total": 5}, out[-3000:]
+    assert "Group job fewshot_chain" in out, out[-3000:]  # the chain: one SLURM job, 2 steps
 
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
     assert len(job_ids) == 4, out[-3000:]
@@ -103,5 +104,6 @@ def test_small_target_runs_through_slurmctld(cluster, tmp_path, record_property)
                               capture_output=True, text=True).stdout
         name = re.search(r"Comment=rule_(\w+?)(?:_wildcards|\s)", show)
         partitions[name[1] if name else job_id] = re.search(r"Partition=(\S+)", show)[1]
-    assert partitions.get("train_step0") == partitions.get("train_step") == "gpu", partitions
+    assert partitions.get("train_step0") == "gpu", partitions
+    assert partitions.get("fewshot_chain_train_step") == "gpu", partitions
     assert partitions.get("synth_synthetic") == "cpu", partitions
