@@ -535,6 +535,17 @@ def step0_inputs(wildcards):
     return inputs
 
 
+def training_threads(stage: str):
+    """Snakemake threads of a training job: datasets.D.threads.<stage> (an unknown dataset
+    fails in the rule's input function, with its own message)."""
+
+    def threads(wildcards):
+        ds = DATASETS.get(wildcards.dataset)
+        return ds["threads"][stage] if ds else 1
+
+    return threads
+
+
 def step0_sets(wildcards, input):
     fixed = dict(dataset=wildcards.dataset, task=wildcards.task, step=0, method=wildcards.base)
     fixed.update(_dataset_keys(wildcards.dataset))

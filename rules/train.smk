@@ -16,7 +16,7 @@ rule train_step0:
         "logs/runs/{dataset}/{task}/step0/{base}.log",
     benchmark:
         "benchmarks/runs/{dataset}/{task}/step0/{base}.tsv"
-    threads: 4
+    threads: training_threads("step0")
     resources:
         gpu=1,
     conda:
@@ -39,7 +39,7 @@ rule train_step:
         "logs/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}.log",
     benchmark:
         "benchmarks/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}.tsv"
-    threads: 1
+    threads: training_threads("fewshot")
     resources:
         gpu=1,
     conda:

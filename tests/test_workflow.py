@@ -150,8 +150,10 @@ def test_default_config_builds_every_table_kind(tmp_path):
     tables of variants over 3 splits, and the figures; each run planned once."""
     from ifss.methods.registry import METHODS
 
-    rc, out = snakemake(tmp_path, "-n")
+    rc, out = snakemake(tmp_path, "-n", "--cores", "2")
     assert rc == 0, out[-2000:]
+    step0_jobs = re.findall(r"rule train_step0:\n(?:    .*\n)+", out)
+    assert step0_jobs and not any("threads:" in job for job in step0_jobs)  # 1: two at a time
     counts = job_counts(out)
     cfg = default_config()
     runs = {(task, method, nshot, ishot, step)
