@@ -59,7 +59,8 @@ PAPER_MODEL = dict(backbone="resnet101", head_channels=256, output_stride=16,
 # examples) dwarfs a tiny model's step, so the demo config scales it to its 64 px images; the
 # quick bench times that configuration (the same values as config/config.yaml, tested).
 DEMO_MCLOS_PARAMS = dict(memory_size=200, memory_candidates=32, anchors_per_class=4,
-                         max_anchors=64, num_pos=32, num_neg=128)
+                         max_anchors=64, num_pos=32, num_neg=128, pixels_per_class=10,
+                         pixels_per_class_step0=2)
 
 SIZES = {
     ("cuda", False): Sizes(**PAPER_MODEL, batch=8, iterations=10, warmup=1, repeats=5,
