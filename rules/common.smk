@@ -523,15 +523,23 @@ def maybe_temp(path):
     return path if config["keep_fewshot_models"] else temp(path)
 
 
+def _step0_start(wildcards) -> dict:
+    """What a step-0 run starts from: {"previous": model.pt} of the step-0 run it continues
+    (e.g. DWI's from COS's), or {"weights": file} of ImageNet weights, or nothing."""
+    info = check_base(wildcards.base)
+    if info.step0_from:
+        start = step0_dir(wildcards.dataset, wildcards.task, info.step0_from)
+        return {"previous": f"{start}/model.pt"}
+    if DATASETS[wildcards.dataset]["weights"] != "none":
+        return {"weights": weights_path(DATASETS[wildcards.dataset]["weights"])}
+    return {}
+
+
 def step0_inputs(wildcards):
     check_task(wildcards.dataset, wildcards.task)
-    info = check_base(wildcards.base)
     inputs = dataset_inputs(wildcards.dataset)
-    if info.step0_from:  # e.g. DWI's step 0 starts from COS's step-0 model
-        start = step0_dir(wildcards.dataset, wildcards.task, info.step0_from)
-        inputs["previous"] = f"{start}/model.pt"
-    elif DATASETS[wildcards.dataset]["weights"] != "none":
-        inputs["weights"] = ancient(weights_path(DATASETS[wildcards.dataset]["weights"]))
+    for key, path in _step0_start(wildcards).items():
+        inputs[key] = ancient(path) if key == "weights" else path
     return inputs
 
 
@@ -546,13 +554,16 @@ def training_threads(stage: str):
     return threads
 
 
-def step0_sets(wildcards, input):
+def step0_sets(wildcards):
+    """The step-0 run's `--set` pairs, from the wildcards only: Snakemake leaves params that
+    read `input` out of its params-changed check, and an edited step-0 setting must rerun it."""
     fixed = dict(dataset=wildcards.dataset, task=wildcards.task, step=0, method=wildcards.base)
     fixed.update(_dataset_keys(wildcards.dataset))
-    if "previous" in input.keys():
-        fixed["previous"] = input.previous
-    if "weights" in input.keys():
-        fixed["model.pretrained"] = input.weights
+    start = _step0_start(wildcards)
+    if "previous" in start:
+        fixed["previous"] = start["previous"]
+    if "weights" in start:
+        fixed["model.pretrained"] = start["weights"]
     fragment = run_settings(wildcards.dataset, wildcards.task, wildcards.base, "step0", step=0)
     return set_args(fixed, fragment)
 

@@ -436,6 +436,13 @@ def test_e2e_editing_another_method_reruns_nothing(e2e, tmp_path):
                       "figures": 1, "all": 1, "total": 16}, out[-3000:]
     planned = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert planned and not any("/FT/" in line for line in planned)
+    # a step-0 setting reruns step 0 (its params must not be derived from `input`, which
+    # Snakemake leaves out of its params check) and what follows it
+    cfg["methods"]["COS"]["step0"] = {"train": {"lr": 0.02}}
+    rc, out = snakemake(workdir, "-n", "--configfile",
+                        str(write_config(tmp_path / "step0.yaml", cfg)))
+    assert rc == 0, out[-3000:]
+    assert job_counts(out).get("train_step0") == 1, out[-3000:]
 
 
 @pytest.mark.slow
