@@ -106,10 +106,15 @@ def _check_method_name(name: str, where: str) -> None:
     )
 
 
+def _method_of(methods: dict, name: str) -> str:
+    """The registered method a configured name runs: itself, or what its variant entry names."""
+    return (methods.get(name) or {}).get("method", name)
+
+
 def _check_variant(name: str, entry: dict, methods: dict) -> None:
     """A variant names a method that is not itself a variant and shares its step-0 run."""
     of = entry["method"]
-    if (methods.get(of) or {}).get("method", of) != of:
+    if _method_of(methods, of) != of:
         raise _config_error(
             f"methods.{name}.method: {of!r} is itself a variant (of "
             f"{methods[of]['method']!r}); name the registered method"
@@ -124,7 +129,7 @@ def _check_variant(name: str, entry: dict, methods: dict) -> None:
 
 def _check_names(names, where: str, methods: dict) -> None:
     for name in names:
-        if (methods.get(name) or {}).get("method", name) != name:
+        if _method_of(methods, name) != name:
             continue  # a variant, checked with its entry
         _check_method_name(name, where)
 
@@ -149,7 +154,7 @@ def check_config(cfg: dict) -> None:
     for name, method in cfg["methods"].items():
         if method is None:
             cfg["methods"][name] = method = {"params": {}, "step0": {}, "fewshot": {}}
-        if method.get("method", name) != name:
+        if _method_of(cfg["methods"], name) != name:
             _check_variant(name, method, cfg["methods"])
         else:
             _check_method_name(name, f"methods.{name}")
@@ -210,8 +215,7 @@ WEIGHTS_DIR = config["weights"]["dir"].rstrip("/")
 
 
 def registered_method(name: str) -> str:
-    """The registered method a configured name runs: itself, or what its variant entry names."""
-    return (METHOD_SETTINGS.get(name) or {}).get("method", name)
+    return _method_of(METHOD_SETTINGS, name)
 
 
 def is_registered(name: str) -> bool:
