@@ -56,7 +56,7 @@ class TrainConfig:
     lr_power: float = 0.9  # poly schedule
     lr_head: float = 1.0  # multiplier of lr for the head
     lr_cls: float = 1.0  # multiplier of lr for the classifier
-    fix_bn: bool = False  # norm layers normalise with, and keep, their running statistics (PIFS --fix_bn)
+    fix_bn: bool = False  # norm layers use and keep their running statistics (PIFS --fix_bn)
     checkpoint_every: int = 100  # iterations between resume checkpoints (0 = never)
     log_every: int = 10
     amp: str = "bf16"  # bf16 | fp16 | none; autocast on CUDA only

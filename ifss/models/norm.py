@@ -161,16 +161,13 @@ class BatchRenormAct(_ActivationAfterNorm, nn.BatchNorm2d):
         return activate(y, self.activation, inplace=True)
 
 
-def fix_norm_statistics(model: nn.Module) -> int:
+def fix_norm_statistics(model: nn.Module) -> None:
     """Put every normalisation layer with running statistics (BN, SyncBN, batch renorm,
     InPlace-ABN) in eval mode inside a model in train mode: it normalises with its running
-    statistics and no longer updates them (PIFS's --fix_bn). Returns how many were fixed."""
-    fixed = 0
+    statistics and no longer updates them (PIFS's --fix_bn)."""
     for module in model.modules():
         if getattr(module, "running_mean", None) is not None:
             module.eval()
-            fixed += 1
-    return fixed
 
 
 def convert_batch_renorm(module: nn.Module) -> nn.Module:
