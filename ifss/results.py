@@ -66,13 +66,18 @@ def _pct(value):
     return None if value is None else 100.0 * value
 
 
+def row_name(record: dict) -> str:
+    """A run's table row: its variant label (older records have none: the method)."""
+    return record.get("label", record["method"])
+
+
 def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per run; IoUs in percent; HM per run."""
     rows = []
     for r in records:
         rows.append({
             "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
-            "method": r.get("label", r["method"]), "registered_method": r["method"],
+            "method": row_name(r), "registered_method": r["method"],
             "base_method": r["base_method"], "nshot": r["nshot"],
             "ishot": r["ishot"], "step": r["step"], "num_steps": r["num_steps"],
             "mIoU-B": _pct(r["miou_base"]), "mIoU-N": _pct(r["miou_novel"]),
@@ -100,7 +105,7 @@ def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
         for index, (name, class_id, iou) in enumerate(zip(names, ids, ious)):
             rows.append({
                 "dataset": r["dataset"], "task": r["task"], "setting": setting_of(r["num_steps"]),
-                "method": r.get("label", r["method"]), "nshot": r["nshot"], "ishot": r["ishot"],
+                "method": row_name(r), "nshot": r["nshot"], "ishot": r["ishot"],
                 "step": r["step"],
                 "class_index": index, "class_id": class_id, "class": name,
                 "novel": index >= num_base, "IoU": _pct(iou),

@@ -307,11 +307,11 @@ def run_settings(dataset, task, method, stage, setting=None, nshot=None, ishot=N
     """
     ds = DATASETS[dataset]
     registered = registered_method(method)
+    names = (registered, method) if registered != method else (method,)
     layers = [config["run"], ds["run"], ds["step0"] if stage == "step0" else ds[setting]]
-    for name in dict.fromkeys((registered, method)):
+    for name in names:
         method_cfg = METHOD_SETTINGS.get(name) or {}
         layers += [{"params": method_cfg.get("params") or {}}, method_cfg.get(stage) or {}]
-    names = tuple(dict.fromkeys((method, registered)))
     context = dict(dataset=dataset, task=task, method=names if len(names) > 1 else method,
                    stage=stage, setting=setting, nshot=nshot, ishot=ishot, step=step)
     layers += [o["set"] for o in config["overrides"].values() if _matches(o["when"], context)]
