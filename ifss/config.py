@@ -34,12 +34,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    arch: str = "deeplabv3"  # deeplabv3 (ASPP head) | pspnet (pyramid pooling head)
     backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
     output_stride: int = 8  # 16 or 8 (the papers: 16; 8 keeps 64 px synthetic objects visible)
     dilate_first_block: bool = False  # True: the InPlace-ABN/PIFS ResNets' dilation rule
     norm: str = "bn"  # bn | iabn (needs inplace-abn)
     activation: str = "relu"  # relu | leaky_relu (InPlace-ABN checkpoints use leaky_relu 0.01)
-    head_channels: int = 64  # DeepLab-v3 ASPP width (256 in the papers)
+    head_channels: int = 64  # ASPP width (256 in the papers); PSPNet's bottleneck (512)
+    psp_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PSPNet pyramid bins
+    dropout: float = 0.1  # PSPNet: dropout before the classifier
     pooling: bool = True  # ASPP image-pooling branch
     pooling_size: int = 0  # test-time pooling window; 0 = crop_size // output_stride
     pretrained: str = ""  # ImageNet weights file for the body ('' = random init)
@@ -49,13 +52,21 @@ class ModelConfig:
 class TrainConfig:
     iterations: int = -1  # >= 0 fixes the iteration count (0: no gradient step); -1: epochs
     epochs: int = 30  # PIFS's step-0 schedule
+    optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # SGD
+    nesterov: bool = False  # SGD
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW
     weight_decay: float = 1e-4
-    lr_power: float = 0.9  # poly schedule
+    schedule: str = "poly"  # poly | cosine | constant_poly | warmup_poly | constant
+    lr_power: float = 0.9  # poly schedules
+    warmup_iterations: int = 0  # constant_poly: iterations at constant lr; warmup_poly: ramp
+    warmup_factor: float = 0.001  # warmup_poly: the lr factor the linear ramp starts from
+    clip_grad_norm: float = 0.0  # > 0: clip the global gradient norm of every trained parameter
     lr_head: float = 1.0  # multiplier of lr for the head
     lr_cls: float = 1.0  # multiplier of lr for the classifier
+    lr_mult: dict = field(default_factory=dict)  # group name -> lr multiplier (wins over the
+    # method's and lr_head / lr_cls; groups: body, head, classifier and a method's own modules)
     fix_bn: bool = False  # norm layers use and keep their running statistics (PIFS --fix_bn)
     checkpoint_every: int = 100  # iterations between resume checkpoints (0 = never)
     log_every: int = 10

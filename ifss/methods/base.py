@@ -2,8 +2,6 @@
 only what it changes. Methods never own the training loop (ifss.engine does)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -11,11 +9,7 @@ from ifss.config import RunConfig, TrainConfig
 from ifss.data.build import StepData
 from ifss.distributed import Runtime
 from ifss.losses import segmentation_ce
-
-
-@dataclass
-class NoParams:
-    """A method without hyper-parameters of its own."""
+from ifss.methods.params import NoParams
 
 
 class Method:

@@ -14,25 +14,11 @@ a weight should not switch itself off.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ifss.errors import IfssError
 from ifss.losses import feature_distillation, knowledge_distillation, segmentation_ce
 from ifss.methods.base import Method
-
-
-@dataclass
-class LwFParams:
-    loss_kd: float = 10.0  # weight of the KD term (PIFS code: 10; MiB's LwF: 100)
-    kd_temperature: float = 1.0  # T of the KD softmaxes (PIFS `--kd_alpha`)
-
-
-@dataclass
-class ILTParams(LwFParams):
-    loss_de: float = 10.0  # weight of the feature-distillation term (PIFS: 10; MiB's ILT: 100)
-    feature: str = "head"  # head (PIFS: the DeepLab head output) | body (MiB: the ResNet output)
+from ifss.methods.params import ILTParams, LwFParams
 
 
 class LearningWithoutForgetting(Method):
@@ -40,11 +26,6 @@ class LearningWithoutForgetting(Method):
 
     Params = LwFParams
     uses_old_model = True
-
-    def __init__(self, params, cfg, runtime):
-        super().__init__(params, cfg, runtime)
-        if params.kd_temperature <= 0:
-            raise IfssError(f"params.kd_temperature must be > 0, got {params.kd_temperature}")
 
     def loss(self, batch: dict, out: dict, old_out: dict | None) -> dict[str, torch.Tensor]:
         terms = {"ce": segmentation_ce(out["logits"], batch["label"])}
@@ -60,12 +41,6 @@ class IncrementalLearningTechniques(LearningWithoutForgetting):
 
     Params = ILTParams
     FEATURES = {"head": "features", "body": "body"}
-
-    def __init__(self, params, cfg, runtime):
-        super().__init__(params, cfg, runtime)
-        if params.feature not in self.FEATURES:
-            raise IfssError(f"params.feature={params.feature!r} is not known; valid values: "
-                            f"{', '.join(self.FEATURES)}")
 
     def loss(self, batch: dict, out: dict, old_out: dict | None) -> dict[str, torch.Tensor]:
         terms = super().loss(batch, out, old_out)

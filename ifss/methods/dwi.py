@@ -22,7 +22,6 @@ method state of model.pt.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,7 @@ from ifss.data.segmentation import pad_collate
 from ifss.errors import IfssError
 from ifss.losses import segmentation_ce
 from ifss.methods.base import Method
+from ifss.methods.params import DWIParams
 from ifss.methods.imprinting import (check_new_classes_present, class_feature_sums,
                                      class_statistics, features_at, frozen_groups,
                                      set_step_weights)
@@ -64,29 +64,11 @@ def episode_logits(features: torch.Tensor, weights: torch.Tensor, scale: float) 
     return scale * F.conv2d(F.normalize(features, dim=1), w)
 
 
-@dataclass
-class DWIParams:
-    dyn_iter: int = 1000  # cool-down iterations (step 0)
-    dyn_lr: float = 1.0  # SGD learning rate of the cool-down (no momentum)
-    episodes: int = 2  # episodes per iteration; their losses are summed
-    shots: list[int] = field(default_factory=lambda: [1, 2, 5])  # K is drawn from these
-    random_images: int = 4  # query images drawn from the whole training set
-    class_images: int = 4  # query images drawn from the images of the episode's class
-
-
 class DynamicWeightImprinting(Method):
     Params = DWIParams
 
     def __init__(self, params, cfg, runtime):
         super().__init__(params, cfg, runtime)
-        if params.dyn_iter < 0 or params.dyn_lr <= 0 or params.episodes < 1:
-            raise IfssError("params.dyn_iter must be >= 0, params.dyn_lr > 0 and "
-                            "params.episodes >= 1")
-        if not params.shots or min(params.shots) < 1:
-            raise IfssError(f"params.shots={params.shots} must be a list of positive counts")
-        if params.random_images < 0 or params.class_images < 0 or \
-                params.random_images + params.class_images == 0:
-            raise IfssError("params.random_images + params.class_images must be positive")
         self.generator: WeightGenerator | None = None
 
     # -- state ------------------------------------------------------------------------------

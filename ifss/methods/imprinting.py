@@ -14,7 +14,6 @@ over a dataset (one full-size, unaugmented image at a time, model in eval mode, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -25,6 +24,7 @@ from ifss.data.segmentation import SegmentationSet
 from ifss.errors import IfssError
 from ifss.losses import IGNORE
 from ifss.methods.base import Method
+from ifss.methods.params import AMPParams
 
 PerImage = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -182,11 +182,6 @@ class WeightImprinting(Method):
 
     def param_groups(self, model, train) -> list[dict]:
         return frozen_groups(model)
-
-
-@dataclass
-class AMPParams:
-    amp_alpha: float = 0.25  # weight of the old weight when an older class is re-imprinted
 
 
 class AdaptiveMaskedProxies(Method):

@@ -46,7 +46,6 @@ Choices (research §7 describes the reference; what differs and why):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +54,10 @@ from ifss.errors import IfssError
 from ifss.losses import info_nce
 from ifss.memory import ContrastMemory, at_size, group_runs, labels_at
 from ifss.methods.base import Method
-from ifss.methods.pifs import PIFS, PIFSParams
+from ifss.methods.params import MCLOS_EXAMPLE_SAMPLING, MCLOSParams
+from ifss.methods.pifs import PIFS
 
-MEMORIES = ("none", "pixel", "pixel+region")
-ANCHOR_SAMPLING = ("hard", "random")
-EXAMPLE_SAMPLING = ("hard", "semi-hard", "random")
+EXAMPLE_SAMPLING = MCLOS_EXAMPLE_SAMPLING
 
 
 # --- anchors ----------------------------------------------------------------------------------
@@ -213,46 +211,11 @@ def contrastive_loss(anchors: torch.Tensor, anchor_classes: torch.Tensor,
 
 # --- the method -------------------------------------------------------------------------------
 
-@dataclass
-class MCLOSParams(PIFSParams):
-    memory: str = "pixel+region"  # none (mini-batch contrast) | pixel | pixel+region
-    anchor_sampling: str = "hard"  # hard (segmentation-aware) | random
-    example_sampling: str = "semi-hard"  # hard | semi-hard | random
-    contrast_weight: float = 0.1
-    temperature: float = 0.1
-    base_temperature: float = 0.07
-    warmup: float = 0.2  # fraction of the step's iterations without the contrastive term
-    memory_size: int = 5000  # entries per class and bank
-    memory_candidates: int = 0  # > 0: contrast with that many random entries per class and bank
-    pixels_per_class_step0: int = 10  # pixel entries per image and class per iteration, step 0
-    pixels_per_class: int = 50  # the same at steps >= 1 (the reference's pixel_update_freq)
-    anchors_per_class: int = 50  # per image and class
-    max_anchors: int = 1024  # per batch (per process)
-    anchor_min_pixels: int = 1  # feature-map pixels a class needs in an image to give anchors
-    num_pos: int = 1024
-    num_neg: int = 2048
-    semi_hard_ratio: float = 0.1
-
-
 class MCLOS(PIFS):
     Params = MCLOSParams
 
     def __init__(self, params: MCLOSParams, cfg, runtime):
         super().__init__(params, cfg, runtime)
-        for name, valid in (("memory", MEMORIES), ("anchor_sampling", ANCHOR_SAMPLING),
-                            ("example_sampling", EXAMPLE_SAMPLING)):
-            if getattr(params, name) not in valid:
-                raise IfssError(f"params.{name}={getattr(params, name)!r} is not known; valid "
-                                f"values: {', '.join(valid)}")
-        positive = ("memory_size", "pixels_per_class_step0", "pixels_per_class",
-                    "anchors_per_class", "max_anchors", "num_pos", "num_neg")
-        bad = [k for k in positive if getattr(params, k) < 1]
-        if bad or params.temperature <= 0 or params.base_temperature <= 0 \
-                or params.contrast_weight < 0 or not 0 <= params.warmup <= 1 \
-                or not 0 < params.semi_hard_ratio <= 1:
-            raise IfssError(f"MCLOS params out of range ({', '.join(bad) or 'see below'}): sizes "
-                            "and counts must be >= 1, temperatures > 0, contrast_weight >= 0, "
-                            "warmup in [0, 1], semi_hard_ratio in (0, 1]")
         self.memory: ContrastMemory | None = None
         self.iteration = 0  # loss() calls of this step (travels with resume.pt)
         self.warmup_iterations = 0

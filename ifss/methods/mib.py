@@ -19,8 +19,6 @@ under UNCE those pixels, like background, are targets of the "old or background"
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -28,12 +26,7 @@ from ifss.data.build import StepData
 from ifss.errors import IfssError
 from ifss.losses import mib_initialise, unbiased_cross_entropy, unbiased_distillation
 from ifss.methods.base import Method
-
-
-@dataclass
-class MiBParams:
-    loss_kd: float = 10.0  # weight of UNKD (PIFS `--mib_kd 10`; MiB: 10, 100 only for 15-1)
-    init_classifier: bool = True  # MiB's background-based init of the new classifier
+from ifss.methods.params import MiBParams
 
 
 class ModelingTheBackground(Method):

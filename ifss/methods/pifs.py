@@ -19,23 +19,13 @@ Papers' schedule (configs, not code): lr 1e-3, batch 10 (at most the number of i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 import torch
 
-from ifss.errors import IfssError
 from ifss.losses import knowledge_distillation, segmentation_ce
 from ifss.methods.base import Method
 from ifss.methods.imprinting import imprint_new_classes
+from ifss.methods.params import PIFSParams
 from ifss.models.norm import convert_batch_renorm
-
-
-@dataclass
-class PIFSParams:
-    loss_kd: float = 10.0  # weight of the distillation term
-    kd_temperature: float = 1.0  # the originals' kd_alpha
-    kd_clip: float = 10.0  # drop the weighted KD of a batch above this (0 = never)
-    batch_renorm: bool = True  # batch renormalisation with frozen statistics (the "iabr" norm)
 
 
 class PIFS(Method):
@@ -43,12 +33,6 @@ class PIFS(Method):
     # The teacher is the imprinted model made in `prepare`, not the previous step's model, so the
     # run need not build the latter.
     uses_old_model = False
-
-    def __init__(self, params, cfg, runtime):
-        super().__init__(params, cfg, runtime)
-        if params.loss_kd < 0 or params.kd_temperature <= 0 or params.kd_clip < 0:
-            raise IfssError("params.loss_kd and params.kd_clip must be >= 0 and "
-                            "params.kd_temperature > 0")
 
     def prepare(self, model, old_model, data) -> None:
         imprint_new_classes(model, data, self.step, self.runtime.device)

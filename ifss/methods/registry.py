@@ -5,11 +5,11 @@ method classes are imported only when a run asks for one.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 
-from ifss.errors import IfssError
+from ifss.errors import unknown
+from ifss.methods import params as P
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class MethodInfo:
     classifier: str  # linear | cosine
     step0: bool = False  # True: this method also trains a step-0 model (a base for others)
     step0_from: str | None = None  # a step-0 method whose step-0 run this one's step 0 starts from
+    params: type = P.NoParams  # its hyper-parameters (ifss/methods/params.py), checked by the DAG
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -31,26 +32,29 @@ METHODS: dict[str, MethodInfo] = {
         # the PIFS family (research/pifs_mclos_mib.md §2.2)
         MethodInfo("WI", "ifss.methods.imprinting", "WeightImprinting", "COS", "cosine"),
         MethodInfo("DWI", "ifss.methods.dwi", "DynamicWeightImprinting", "DWI", "cosine",
-                   step0=True, step0_from="COS"),
-        MethodInfo("AMP", "ifss.methods.imprinting", "AdaptiveMaskedProxies", "FT", "linear"),
-        MethodInfo("PIFS", "ifss.methods.pifs", "PIFS", "COS", "cosine"),
-        MethodInfo("MCLOS", "ifss.methods.mclos", "MCLOS", "MCLOS", "cosine", step0=True),
+                   step0=True, step0_from="COS", params=P.DWIParams),
+        MethodInfo("AMP", "ifss.methods.imprinting", "AdaptiveMaskedProxies", "FT", "linear",
+                   params=P.AMPParams),
+        MethodInfo("PIFS", "ifss.methods.pifs", "PIFS", "COS", "cosine", params=P.PIFSParams),
+        MethodInfo("MCLOS", "ifss.methods.mclos", "MCLOS", "MCLOS", "cosine", step0=True,
+                   params=P.MCLOSParams),
         MethodInfo("RT", "ifss.methods.retrain", "Retraining", "RT", "linear",
-                   step0=True, step0_from="FT"),
-        MethodInfo("SPN", "ifss.methods.spn", "SemanticProjection", "SPN", "embedding", step0=True),
-        MethodInfo("LWF", "ifss.methods.distillation", "LearningWithoutForgetting", "FT", "linear"),
+                   step0=True, step0_from="FT", params=P.RTParams),
+        MethodInfo("SPN", "ifss.methods.spn", "SemanticProjection", "SPN", "embedding",
+                   step0=True, params=P.SPNParams),
+        MethodInfo("LWF", "ifss.methods.distillation", "LearningWithoutForgetting", "FT", "linear",
+                   params=P.LwFParams),
         MethodInfo("ILT", "ifss.methods.distillation", "IncrementalLearningTechniques", "FT",
-                   "linear"),
-        MethodInfo("MIB", "ifss.methods.mib", "ModelingTheBackground", "FT", "linear"),
+                   "linear", params=P.ILTParams),
+        MethodInfo("MIB", "ifss.methods.mib", "ModelingTheBackground", "FT", "linear",
+                   params=P.MiBParams),
     )
 }
 
 
 def method_info(name: str) -> MethodInfo:
     if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise IfssError(f"unknown method {name!r}{hint}; valid methods: {', '.join(METHODS)}")
+        raise unknown("method", name, METHODS)
     return METHODS[name]
 
 
@@ -61,3 +65,10 @@ def base_methods() -> list[str]:
 def get_method_class(name: str):
     info = method_info(name)
     return getattr(importlib.import_module(info.module), info.cls)
+
+
+def method_params(name: str, values: dict | None, where: str = "params"):
+    """`values` checked against the method's Params (names, types, domains): the dataclass."""
+    from ifss.config import from_dict
+
+    return from_dict(method_info(name).params, values or {}, prefix=f"{where}.")

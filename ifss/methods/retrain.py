@@ -19,19 +19,12 @@ Choices where the original was ambiguous:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from ifss.config import TrainConfig
 from ifss.data.build import StepData
 from ifss.methods.base import Method
-
-
-@dataclass
-class RTParams:
-    reinit_classifier: bool = False  # step 0 only: fresh classifier instead of FT's
-    update_bn: bool = False  # True: BN in train mode as in the original (stats move)
+from ifss.methods.params import RTParams
 
 
 class Retraining(Method):

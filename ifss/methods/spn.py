@@ -18,7 +18,6 @@ step and evaluation read the old classes' vectors from the checkpoint, not from 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,13 +28,9 @@ from ifss.data.build import StepData
 from ifss.data.embeddings import default_vectors_path, load_class_vectors
 from ifss.errors import IfssError
 from ifss.methods.base import Method
+from ifss.methods.params import SPNParams
 
 STATE_KEY = "classifier.convs.0.weight"  # step 0's (classes x D) vectors in a model state dict
-
-
-@dataclass
-class SPNParams:
-    vectors: str = ""  # .npy of class vectors, row = original class id ('' = dataset default)
 
 
 def vectors_path(cfg: RunConfig) -> Path:

@@ -1,0 +1,148 @@
+"""Every method's hyper-parameters (its preset) as a dataclass, with the domain of each value.
+
+Plain data, importable without torch: the workflow checks a config's `params` (and every
+variant's) against these when it builds the DAG, so a typo or a value out of range fails at once,
+not when the job starts. A run writes the resolved params into its config.yaml; nothing here is
+applied silently. The method classes (ifss/methods/*.py) take these as their `Params`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ifss.errors import IfssError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise IfssError(message)
+
+
+def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    _check(value in valid, f"params.{name}={value!r} is not known; valid values: {', '.join(valid)}")
+
+
+@dataclass
+class NoParams:
+    """A method without hyper-parameters of its own."""
+
+
+@dataclass
+class AMPParams:
+    amp_alpha: float = 0.25  # weight of the old weight when an older class is re-imprinted
+
+    def __post_init__(self):
+        _check(0 <= self.amp_alpha <= 1, f"params.amp_alpha={self.amp_alpha} must be in [0, 1]")
+
+
+@dataclass
+class DWIParams:
+    dyn_iter: int = 1000  # cool-down iterations (step 0)
+    dyn_lr: float = 1.0  # SGD learning rate of the cool-down (no momentum)
+    episodes: int = 2  # episodes per iteration; their losses are summed
+    shots: list[int] = field(default_factory=lambda: [1, 2, 5])  # K is drawn from these
+    random_images: int = 4  # query images drawn from the whole training set
+    class_images: int = 4  # query images drawn from the images of the episode's class
+
+    def __post_init__(self):
+        _check(self.dyn_iter >= 0 and self.dyn_lr > 0 and self.episodes >= 1,
+               "params.dyn_iter must be >= 0, params.dyn_lr > 0 and params.episodes >= 1")
+        _check(bool(self.shots) and min(self.shots) >= 1,
+               f"params.shots={self.shots} must be a list of positive counts")
+        _check(self.random_images >= 0 and self.class_images >= 0
+               and self.random_images + self.class_images > 0,
+               "params.random_images + params.class_images must be positive")
+
+
+@dataclass
+class RTParams:
+    reinit_classifier: bool = False  # step 0 only: fresh classifier instead of FT's
+    update_bn: bool = False  # True: BN in train mode as in the original (stats move)
+
+
+@dataclass
+class SPNParams:
+    vectors: str = ""  # .npy of class vectors, row = original class id ('' = dataset default)
+
+
+@dataclass
+class LwFParams:
+    loss_kd: float = 10.0  # weight of the KD term (PIFS code: 10; MiB's LwF: 100)
+    kd_temperature: float = 1.0  # T of the KD softmaxes (PIFS `--kd_alpha`)
+
+    def __post_init__(self):
+        _check(self.kd_temperature > 0,
+               f"params.kd_temperature must be > 0, got {self.kd_temperature}")
+
+
+ILT_FEATURES = ("head", "body")
+
+
+@dataclass
+class ILTParams(LwFParams):
+    loss_de: float = 10.0  # weight of the feature-distillation term (PIFS: 10; MiB's ILT: 100)
+    feature: str = "head"  # head (PIFS: the DeepLab head output) | body (MiB: the ResNet output)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("feature", self.feature, ILT_FEATURES)
+
+
+@dataclass
+class MiBParams:
+    loss_kd: float = 10.0  # weight of UNKD (PIFS `--mib_kd 10`; MiB: 10, 100 only for 15-1)
+    init_classifier: bool = True  # MiB's background-based init of the new classifier
+
+
+@dataclass
+class PIFSParams:
+    loss_kd: float = 10.0  # weight of the distillation term
+    kd_temperature: float = 1.0  # the originals' kd_alpha
+    kd_clip: float = 10.0  # drop the weighted KD of a batch above this (0 = never)
+    batch_renorm: bool = True  # batch renormalisation with frozen statistics (the "iabr" norm)
+
+    def __post_init__(self):
+        _check(self.loss_kd >= 0 and self.kd_temperature > 0 and self.kd_clip >= 0,
+               "params.loss_kd and params.kd_clip must be >= 0 and params.kd_temperature > 0")
+
+
+MCLOS_MEMORIES = ("none", "pixel", "pixel+region")
+MCLOS_ANCHOR_SAMPLING = ("hard", "random")
+MCLOS_EXAMPLE_SAMPLING = ("hard", "semi-hard", "random")
+
+
+@dataclass
+class MCLOSParams(PIFSParams):
+    memory: str = "pixel+region"  # none (mini-batch contrast) | pixel | pixel+region
+    anchor_sampling: str = "hard"  # hard (segmentation-aware) | random
+    example_sampling: str = "semi-hard"  # hard | semi-hard | random
+    contrast_weight: float = 0.1
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    warmup: float = 0.2  # fraction of the step's iterations without the contrastive term
+    memory_size: int = 5000  # entries per class and bank
+    memory_candidates: int = 0  # > 0: contrast with that many random entries per class and bank
+    pixels_per_class_step0: int = 10  # pixel entries per image and class per iteration, step 0
+    pixels_per_class: int = 50  # the same at steps >= 1 (the reference's pixel_update_freq)
+    anchors_per_class: int = 50  # per image and class
+    max_anchors: int = 1024  # per batch (per process)
+    anchor_min_pixels: int = 1  # feature-map pixels a class needs in an image to give anchors
+    num_pos: int = 1024
+    num_neg: int = 2048
+    semi_hard_ratio: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of("memory", self.memory, MCLOS_MEMORIES)
+        _one_of("anchor_sampling", self.anchor_sampling, MCLOS_ANCHOR_SAMPLING)
+        _one_of("example_sampling", self.example_sampling, MCLOS_EXAMPLE_SAMPLING)
+        positive = ("memory_size", "pixels_per_class_step0", "pixels_per_class",
+                    "anchors_per_class", "max_anchors", "num_pos", "num_neg")
+        bad = [f"{k} >= 1" for k in positive if getattr(self, k) < 1]
+        rules = (("temperature > 0", self.temperature > 0),
+                 ("base_temperature > 0", self.base_temperature > 0),
+                 ("contrast_weight >= 0", self.contrast_weight >= 0),
+                 ("warmup in [0, 1]", 0 <= self.warmup <= 1),
+                 ("semi_hard_ratio in (0, 1]", 0 < self.semi_hard_ratio <= 1),
+                 ("memory_candidates >= 0", self.memory_candidates >= 0))
+        bad += [rule for rule, ok in rules if not ok]
+        _check(not bad, f"MCLOS params out of range: need {', '.join(f'params.{b}' for b in bad)}")
