@@ -44,6 +44,6 @@ include: "rules/bench.smk"
 
 rule all:
     input:
-        all_targets(),
+        MATRIX.all_targets(),
     default_target: True
     localrule: True

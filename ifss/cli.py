@@ -21,11 +21,11 @@ def _train(args) -> None:
 
 
 def default_run_dir(cfg) -> Path:
-    """The workflow's layout, under ./results (the workflow always passes --out)."""
-    base = Path("results/runs") / cfg.dataset / cfg.task
-    if cfg.step == 0:
-        return base / "step0" / cfg.method
-    return base / cfg.method / f"s{cfg.nshot}-i{cfg.ishot}" / f"step{cfg.step}"
+    """The workflow's layout (ifss/workflow/paths.py), under ./results (the workflow always
+    passes --out)."""
+    from ifss.workflow.paths import run_dir
+
+    return Path(run_dir(cfg.dataset, cfg.task, cfg.method, cfg.step, cfg.nshot, cfg.ishot))
 
 
 def _eval(args) -> None:
@@ -45,19 +45,18 @@ def _synth(args) -> None:
 def _splits(args) -> None:
     from ifss.data.index import write_index
     from ifss.data.layout import layout_for
-    from ifss.tasks import DATASET_LABEL_SPACE
+    from ifss.data.records import get_dataset
 
-    if args.dataset not in DATASET_LABEL_SPACE:
-        raise IfssError(f"unknown dataset {args.dataset!r}; valid: {', '.join(DATASET_LABEL_SPACE)}")
+    record = get_dataset(args.dataset)
     layout = layout_for(args.dataset, args.root)
     layout.check()
-    write_index(args.out, layout, "train", DATASET_LABEL_SPACE[args.dataset])
+    write_index(args.out, layout, "train", record.label_space)
 
 
 def _download(args) -> None:
     from ifss.data.prepare import fetch_dataset
 
-    fetch_dataset(args.dataset, Path(args.root), mirror=args.mirror, coco_source=args.coco_source)
+    fetch_dataset(args.dataset, Path(args.root), mirror=args.mirror, coco_source=args.label_source)
 
 
 def _convert_coco(args) -> None:
@@ -109,11 +108,17 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="JSON file (use as data.class_index)")
     x.set_defaults(func=_splits)
 
+    # choices from the dataset records (torch-free, cheap to import)
+    from ifss.data.records import DATASETS
+
     d = sub.add_parser("download", help="download (checksummed), extract and prepare a dataset")
-    d.add_argument("dataset", choices=["voc", "coco"])
+    d.add_argument("dataset", choices=[n for n, r in DATASETS.items() if r.sources])
     d.add_argument("--root", required=True)
     d.add_argument("--mirror", help="replace scheme and host of every URL (local mirror)")
-    d.add_argument("--coco-source", default="instances", choices=["instances", "stuffthingmaps"])
+    d.add_argument("--label-source", "--coco-source", dest="label_source",
+                   choices=sorted({s for r in DATASETS.values() for s in r.label_sources}),
+                   help="how to build the labels, for a dataset with several ways "
+                        "(default: its first; COCO: instances)")
     d.set_defaults(func=_download)
 
     c = sub.add_parser("convert-coco", help="COCO instances / COCO-stuff maps -> object labels")

@@ -11,12 +11,17 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ifss.errors import IfssError
+from ifss.errors import IfssError, unknown
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "cosine", "constant_poly", "warmup_poly", "constant")
+WARMUP_SCHEDULES = ("constant_poly", "warmup_poly")
 
 
 @dataclass
@@ -48,6 +53,49 @@ class ModelConfig:
     pretrained: str = ""  # ImageNet weights file for the body ('' = random init)
 
 
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise IfssError(message)
+
+
+def check_train_config(train: "TrainConfig") -> None:
+    """The domain of each optimiser, schedule and clipping key; IfssError names the first bad."""
+    if train.optimizer not in OPTIMIZERS:
+        raise unknown("optimizer", train.optimizer, OPTIMIZERS, "in train.optimizer")
+    if train.schedule not in SCHEDULES:
+        raise unknown("schedule", train.schedule, SCHEDULES, "in train.schedule")
+    _check(train.lr > 0, f"train.lr={train.lr} must be > 0; set a positive learning rate")
+    _check(0 <= train.momentum < 1,
+           f"train.momentum={train.momentum} must be in [0, 1); 0.9 is the usual value")
+    _check(len(train.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in train.betas),
+           f"train.betas={train.betas} must be two numbers in [0, 1), such as [0.9, 0.999]")
+    _check(train.weight_decay >= 0,
+           f"train.weight_decay={train.weight_decay} must be >= 0; use 0 for none")
+    _check(train.lr_power > 0,
+           f"train.lr_power={train.lr_power} must be > 0; 0.9 is the usual value")
+    _check(train.warmup_iterations >= 0,
+           f"train.warmup_iterations={train.warmup_iterations} must be >= 0; use 0 for none")
+    _check(0 <= train.warmup_factor <= 1,
+           f"train.warmup_factor={train.warmup_factor} must be in [0, 1]; it is the lr fraction "
+           "the warm-up starts from")
+    _check(train.clip_grad_norm >= 0,
+           f"train.clip_grad_norm={train.clip_grad_norm} must be >= 0; use 0 for no clipping")
+    for key in ("lr_head", "lr_cls"):
+        value = getattr(train, key)
+        _check(value >= 0, f"train.{key}={value} must be >= 0; use 0 to freeze the group")
+    for name, value in train.lr_mult.items():
+        _check(_number(value) and value >= 0,
+               f"train.lr_mult.{name}={value!r} must be a number >= 0; use 0 to freeze the group")
+    _check(train.schedule not in WARMUP_SCHEDULES or train.iterations <= 0
+           or train.warmup_iterations <= train.iterations,
+           f"train.warmup_iterations={train.warmup_iterations} exceeds train.iterations="
+           f"{train.iterations}; lower train.warmup_iterations")
+
+
 @dataclass
 class TrainConfig:
     iterations: int = -1  # >= 0 fixes the iteration count (0: no gradient step); -1: epochs
@@ -73,6 +121,9 @@ class TrainConfig:
     amp: str = "bf16"  # bf16 | fp16 | none; autocast on CUDA only
     channels_last: bool = True  # CUDA only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        check_train_config(self)
 
 
 @dataclass

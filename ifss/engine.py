@@ -1,15 +1,20 @@
 """The training loop and the dense evaluation loop.
 
-train(): SGD with momentum, weight decay and learning-rate multipliers per parameter group, poly
-schedule stepped every iteration, autocast on CUDA, DDP when the runtime is distributed, a resume
-checkpoint written atomically every `checkpoint_every` iterations (model, optimiser, schedule,
-method state, RNG) from which a rerun continues, TensorBoard scalars for every named loss term.
+A step trains in phases: the method's main training, then any extra phase the method asks for
+(DWI's generator cool-down). Every phase runs through the same loop: optimiser, schedule and
+gradient clipping from its TrainConfig (ifss.optim), autocast on CUDA, DDP when the runtime is
+distributed, the method's hooks, TensorBoard scalars for every named loss term, and a resume
+checkpoint written atomically every `checkpoint_every` iterations (model, the method's own
+modules and state, optimiser, schedule, RNG, phase and iteration) from which a rerun continues.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,17 +23,37 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ifss import optim
 from ifss.atomic import torch_save
-from ifss.config import RunConfig
+from ifss.config import RunConfig, TrainConfig
 from ifss.data.batches import ResumableBatches
 from ifss.data.segmentation import SegmentationSet, pad_collate
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
 from ifss.metrics import ConfusionMatrix, summarize
-from ifss.models.norm import fix_norm_statistics
 
 log = logging.getLogger("ifss")
 RESUME_FILE = "resume.pt"
+MAIN = "train"  # the name of the method's main phase (its log and TensorBoard tags stay bare)
+
+
+@dataclass
+class Phase:
+    """One training loop of a step."""
+
+    name: str
+    iterations: int
+    groups: list[dict]  # {"name", "params", "lr_mult"}: what the optimiser trains
+    train: TrainConfig  # optimiser, schedule and clipping of this phase
+    batches: Callable[[int], Iterable[dict]]  # first iteration -> host batches from there on
+    loss: Callable[[dict, nn.Module | None], dict[str, torch.Tensor]]  # batch, net -> terms
+    train_mode: Callable[[], None]  # puts each part of the model in train or eval mode
+    forward: nn.Module | None = None  # what `loss` runs forward: wrapped in DDP under torchrun
+    rng: torch.Generator | None = None  # the batch source's generator, kept in resume.pt
+    autocast: bool = True  # False: the loss manages precision itself
+    before_step: Callable[[int, int], None] | None = None  # (iteration, total)
+    after_backward: Callable[[int], None] | None = None
+    after_step: Callable[[int], None] | None = None
 
 
 def to_device(batch: dict, runtime: Runtime) -> dict:
@@ -42,35 +67,150 @@ def to_device(batch: dict, runtime: Runtime) -> dict:
     return out
 
 
-def build_optimizer(groups: list[dict], cfg: RunConfig):
-    """Frozen groups (multiplier 0) stop taking gradients and stay out of the optimiser."""
-    active = []
-    for group in groups:
-        trainable = group["lr_mult"] > 0
-        for p in group["params"]:
-            p.requires_grad_(trainable)
-        if trainable and group["params"]:
-            active.append({"params": group["params"], "lr": cfg.train.lr * group["lr_mult"],
-                           "name": group["name"]})
-    if not active:
-        return None
-    t = cfg.train
-    return torch.optim.SGD(
-        active, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
-        weight_decay=t.weight_decay,
-    )
-
-
-def poly_schedule(optimizer, total: int, power: float):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: (1 - min(it, total) / total) ** power
-    )
-
-
 def total_iterations(cfg: RunConfig, batches: ResumableBatches) -> int:
     if cfg.train.iterations >= 0:
         return cfg.train.iterations
     return cfg.train.epochs * batches.per_epoch
+
+
+def main_phase(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig,
+               runtime: Runtime) -> Phase:
+    """The method's own training: its loss on the step's batches, with its hooks."""
+    batches = ResumableBatches(len(dataset), cfg.data.batch_size, cfg.seed, runtime.rank,
+                               runtime.world)
+    total = total_iterations(cfg, batches) if method.trains else 0
+    if not method.trains and cfg.train.iterations > 0:
+        log.info("%s takes no gradient step; train.iterations=%d is not used", cfg.method,
+                 cfg.train.iterations)
+
+    def loader(start: int):
+        # The loader's own generator: drawing worker seeds from the global RNG would shift the
+        # random stream of a resumed run (augmentations are seeded per sample anyway).
+        return DataLoader(
+            dataset, batch_sampler=batches.span(start, total), num_workers=cfg.data.workers,
+            collate_fn=pad_collate, pin_memory=runtime.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed + start),
+        )
+
+    def loss(batch: dict, net: nn.Module) -> dict[str, torch.Tensor]:
+        out = net(batch["image"])
+        old_out = None
+        if method.old_model is not None:
+            with torch.no_grad():
+                old_out = method.old_model(batch["image"])
+        return method.loss(batch, out, old_out)
+
+    return Phase(MAIN, total, method.param_groups(model, cfg.train), cfg.train, loader, loss,
+                 lambda: method.train_mode(model), forward=model,
+                 before_step=method.before_step, after_backward=method.after_backward,
+                 after_step=method.after_step)
+
+
+def train(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig, runtime: Runtime,
+          run_dir: Path, writer=None, extra_phases: Iterable[Phase] = ()) -> int:
+    """Train `model` (and the method's own modules) in place through the main phase and then
+    `extra_phases`; returns the number of iterations of the main phase."""
+    phases = [main_phase(model, method, dataset, cfg, runtime), *extra_phases]
+    resume = _load_resume(run_dir / RESUME_FILE, runtime, [p.name for p in phases])
+    for index, phase in enumerate(phases):
+        if resume is not None and index < resume["phase_index"]:
+            continue  # finished before the kill: its result is in the resume state
+        state = resume if resume is not None and index == resume["phase_index"] else None
+        _run_phase(phase, index, model, method, cfg, runtime, run_dir, writer, state)
+    return phases[0].iterations
+
+
+def _run_phase(phase: Phase, index: int, model, method, cfg: RunConfig, runtime: Runtime,
+               run_dir: Path, writer, resume: dict | None) -> None:
+    total = phase.iterations
+    if total == 0:
+        return
+    optimizer = optim.build_optimizer(phase.groups, phase.train)
+    if optimizer is None:
+        raise IfssError(f"{cfg.method}'s phase {phase.name!r} has no parameter to train with "
+                        f"{total} iterations; every one of its groups has lr multiplier 0")
+    scheduler = optim.build_schedule(optimizer, phase.train, total)
+    scaler = torch.amp.GradScaler(enabled=runtime.device.type == "cuda" and runtime.amp == "fp16")
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+    start = 0
+    if resume is not None:
+        start = _restore(resume, model, method, optimizer, scheduler, scaler, phase, runtime)
+    net = phase.forward
+    if net is not None and runtime.distributed:
+        net = DistributedDataParallel(
+            net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    # DDP averages the gradients of what runs through it; the engine averages the rest.
+    covered = {id(p) for p in net.parameters()} if isinstance(net, DistributedDataParallel) else set()
+    unsynced = [p for p in trained if id(p) not in covered]
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # training crops have one size
+    phase.train_mode()
+    desc = f"{cfg.method} step {cfg.step}" + ("" if phase.name == MAIN else f" {phase.name}")
+    bar = tqdm(total=total, initial=start, disable=not (sys.stderr.isatty() and runtime.is_main),
+               desc=desc, dynamic_ncols=True)
+    it = start
+    for batch in phase.batches(start):
+        if phase.before_step is not None:
+            phase.before_step(it, total)
+        batch = to_device(batch, runtime)
+        with runtime.autocast() if phase.autocast else contextlib.nullcontext():
+            terms = phase.loss(batch, net)
+            loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if runtime.distributed and unsynced:
+            _average_gradients(unsynced, runtime)
+        if phase.after_backward is not None:
+            phase.after_backward(it)
+        if phase.train.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            optim.clip_gradients(trained, phase.train.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        if phase.after_step is not None:
+            phase.after_step(it)
+        scheduler.step()
+        it += 1
+        bar.update()
+        if it % cfg.train.log_every == 0 or it == total:
+            _log_terms(phase.name, terms, loss, optimizer, it, total, writer, runtime)
+        if runtime.is_main and cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
+                and it < total:
+            _save_resume(run_dir / RESUME_FILE, index, phase, it, model, method, optimizer,
+                         scheduler, scaler, runtime)
+    bar.close()
+
+
+def _average_gradients(params: list[torch.Tensor], runtime: Runtime) -> None:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= runtime.world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def _log_terms(phase: str, terms, loss, optimizer, it, total, writer, runtime) -> None:
+    values = {name: float(t.detach()) for name, t in terms.items()}
+    values["total"] = float(loss.detach())
+    where = "" if phase == MAIN else f" in phase {phase!r}"
+    if not math.isfinite(values["total"]):
+        raise IfssError(f"the loss became {values['total']} at iteration {it}{where}; lower "
+                        "the learning rate (train.lr, or the phase's own lr parameter)")
+    if not runtime.is_main:
+        return
+    lr = optimizer.param_groups[0]["lr"]
+    prefix = "" if phase == MAIN else f"{phase} "
+    log.info("%siter %d/%d  %s  lr %.2e", prefix, it, total,
+             "  ".join(f"{k} {v:.4f}" for k, v in values.items()), lr)
+    if writer is not None:
+        tag = "" if phase == MAIN else f"{phase}/"
+        for name, value in values.items():
+            writer.add_scalar(f"{tag}loss/{name}", value, it)
+        writer.add_scalar(f"{tag}lr", lr, it)
 
 
 def _rng_state(runtime: Runtime) -> dict:
@@ -86,114 +226,49 @@ def _set_rng_state(state: dict, runtime: Runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
-def train(
-    model: nn.Module,
-    method,
-    dataset: SegmentationSet,
-    cfg: RunConfig,
-    runtime: Runtime,
-    run_dir: Path,
-    writer=None,
-) -> int:
-    """Train `model` in place; returns the number of iterations of the schedule."""
-    batches = ResumableBatches(len(dataset), cfg.data.batch_size, cfg.seed, runtime.rank, runtime.world)
-    total = total_iterations(cfg, batches)
-    if total == 0:
-        return 0
-    optimizer = build_optimizer(method.param_groups(model, cfg.train), cfg)
-    if optimizer is None:
-        raise IfssError(f"method {cfg.method} trains no parameter but train.iterations={total}; "
-                        "set train.iterations=0")
-    scheduler = poly_schedule(optimizer, total, cfg.train.lr_power)
-    scaler = torch.amp.GradScaler(enabled=runtime.device.type == "cuda" and runtime.amp == "fp16")
-    start = _resume(run_dir / RESUME_FILE, model, optimizer, scheduler, scaler, method, runtime)
-
-    net = model
-    if runtime.distributed:
-        net = DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
-        )
-    # The loader's own generator: drawing worker seeds from the global RNG would shift the
-    # random stream of a resumed run (augmentations are seeded per sample anyway).
-    loader = DataLoader(
-        dataset, batch_sampler=batches.span(start, total), num_workers=cfg.data.workers,
-        collate_fn=pad_collate, pin_memory=runtime.device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed + start),
-    )
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # training crops have one size
-    model.train()
-    if cfg.train.fix_bn:
-        fix_norm_statistics(model)
-    old = method.old_model
-    bar = tqdm(total=total, initial=start, disable=not (sys.stderr.isatty() and runtime.is_main),
-               desc=f"{cfg.method} step {cfg.step}", dynamic_ncols=True)
-    it = start
-    for batch in loader:
-        batch = to_device(batch, runtime)
-        with runtime.autocast():
-            out = net(batch["image"])
-            old_out = None
-            if old is not None:
-                with torch.no_grad():
-                    old_out = old(batch["image"])
-            terms = method.loss(batch, out, old_out)
-            loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        it += 1
-        bar.update()
-        if it % cfg.train.log_every == 0 or it == total:
-            _log_terms(terms, loss, optimizer, it, total, writer, runtime)
-        if runtime.is_main and cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
-                and it < total:
-            _save_resume(run_dir / RESUME_FILE, it, model, optimizer, scheduler, scaler, method, runtime)
-    bar.close()
-    return total
-
-
-def _log_terms(terms, loss, optimizer, it, total, writer, runtime) -> None:
-    values = {name: float(t.detach()) for name, t in terms.items()}
-    values["total"] = float(loss.detach())
-    if not math.isfinite(values["total"]):
-        raise IfssError(f"the loss became {values['total']} at iteration {it}; lower train.lr")
-    if not runtime.is_main:
-        return
-    lr = optimizer.param_groups[0]["lr"]
-    log.info("iter %d/%d  %s  lr %.2e", it, total,
-             "  ".join(f"{k} {v:.4f}" for k, v in values.items()), lr)
-    if writer is not None:
-        for name, value in values.items():
-            writer.add_scalar(f"loss/{name}", value, it)
-        writer.add_scalar("lr", lr, it)
-
-
-def _save_resume(path, it, model, optimizer, scheduler, scaler, method, runtime) -> None:
+def _save_resume(path, index, phase, it, model, method, optimizer, scheduler, scaler,
+                 runtime) -> None:
     torch_save({
+        "phase": phase.name,
+        "phase_index": index,
         "iteration": it,
         "model": model.state_dict(),
+        "modules": {name: m.state_dict() for name, m in method.modules().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "method": method.state_dict(),
         "rng": _rng_state(runtime),
+        "batch_rng": phase.rng.get_state() if phase.rng is not None else None,
     }, path)
 
 
-def _resume(path, model, optimizer, scheduler, scaler, method, runtime) -> int:
+def _load_resume(path: Path, runtime: Runtime, phases: list[str]) -> dict | None:
     if not path.is_file():
-        return 0
+        return None
     state = torch.load(path, map_location=runtime.device, weights_only=True)
+    if state.get("phase", MAIN) not in phases:
+        raise IfssError(f"{path} was written in phase {state.get('phase')!r}, which this run does "
+                        f"not have (phases: {', '.join(phases)}); delete it to start afresh")
+    state["phase_index"] = phases.index(state.get("phase", MAIN))
+    state["path"] = path
+    return state
+
+
+def _restore(state, model, method, optimizer, scheduler, scaler, phase, runtime) -> int:
     model.load_state_dict(state["model"])
+    modules = method.modules()
+    for name, module_state in state.get("modules", {}).items():
+        modules[name].load_state_dict(module_state)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     method.load_state_dict(state["method"])
     _set_rng_state({k: v.cpu() for k, v in state["rng"].items()}, runtime)
-    log.info("resumed from %s at iteration %d", path, state["iteration"])
+    if phase.rng is not None and state.get("batch_rng") is not None:
+        phase.rng.set_state(state["batch_rng"].cpu())
+    where = "" if phase.name == MAIN else f" of phase {phase.name!r}"
+    log.info("resumed from %s at iteration %d%s", state["path"], state["iteration"], where)
     return state["iteration"]
 
 

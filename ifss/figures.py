@@ -16,8 +16,6 @@ class up to `per_class` pixels drawn with a fixed seed. Uses matplotlib and scik
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ifss.atomic import atomic_path
-from ifss.config import RunConfig, from_dict
+from ifss.config import RunConfig
 from ifss.data.build import build_step_data
 from ifss.data.incremental import IGNORE
 from ifss.data.synthetic import voc_palette
@@ -46,19 +44,11 @@ class LoadedRun:
 def load_run(name: str, checkpoint: str | Path, data_root: str | None = None,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The model of a run's model.pt, in eval mode, with the run's resolved config."""
-    from ifss.models import build_model
-    from ifss.run import check_classes, load_checkpoint, resolve
+    from ifss.builder import model_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    cfg = from_dict(RunConfig, json.loads(ckpt["meta"]["config"]))
-    if data_root:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
-    cfg, task, info, method_cls, _ = resolve(cfg, training=False)
-    check_classes(ckpt, checkpoint, task, cfg.step)
-    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier,
-                        **method_cls.model_options(cfg, ckpt["model"]))
-    model.load_state_dict(ckpt["model"])
-    return LoadedRun(name, model.to(device).eval(), cfg, task)
+    overrides = {"data": {"root": str(data_root)}} if data_root else None
+    run, model, _ = model_from_checkpoint(checkpoint, overrides)
+    return LoadedRun(name, model.to(device).eval(), run.cfg, run.task)
 
 
 def load_runs(runs: dict[str, str | Path], data_root: str | None = None,

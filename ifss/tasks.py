@@ -1,74 +1,26 @@
-"""Class splits as data.
+"""Class splits: which of a dataset's classes each step of a task learns.
 
-A task is a list of steps; each step lists the dataset's original label ids learned at that step.
-Background (0) is always the first class of step 0 and is not written in the lists below. During a
-run, labels are remapped to their position in ``order(step)`` = [0] + classes of steps 0..step.
+The split tables are data in the dataset records (`ifss.data.records`); this module turns one into
+a `Task`. A task is a list of steps; each step lists the dataset's original label ids learned at
+that step. Background (0) is always the first class of step 0 and is not written in the tables.
+During a run, labels are remapped to their position in ``order(step)`` = [0] + classes of steps
+0..step. Torch-free: the workflow imports it while building the DAG.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from functools import cache
 
-from ifss.errors import IfssError
+from ifss.data.records import COCO_CLASSES, COCO_IDS, DATASETS, VOC_CLASSES, get_dataset
+from ifss.errors import IfssError, unknown
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
+# Kept for the modules that import them from here (embeddings, incremental).
+__all__ = [
+    "COCO_CLASSES", "COCO_IDS", "DATASET_LABEL_SPACE", "Task", "VOC_CLASSES", "get_task",
+    "task_names",
+]
 
-# COCO category ids 1..90 (11 ids are unused by the dataset); index = id, None = unused id.
-COCO_CLASSES = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
-    "boat", "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird",
-    "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
-    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana",
-    "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", None, "dining table", None, None, "toilet", None, "tv", "laptop",
-    "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
-    "toothbrush",
-)
-COCO_IDS = tuple(i for i, name in enumerate(COCO_CLASSES) if i > 0 and name is not None)
-
-# The label space each dataset's annotation files use. The synthetic benchmark mirrors VOC.
-DATASET_LABEL_SPACE = {"voc": "voc", "synthetic": "voc", "coco": "coco"}
-
-
-def _rest(universe, novel):
-    return tuple(c for c in universe if c not in set(novel))
-
-
-def _voc_tasks() -> dict[str, tuple[tuple[int, ...], ...]]:
-    all_ids = tuple(range(1, 21))
-    tasks = {"offline": (all_ids,)}
-    for fold in range(4):  # PASCAL-5i folds
-        novel = tuple(range(5 * fold + 1, 5 * fold + 6))
-        tasks[f"5-{fold}"] = (_rest(all_ids, novel), novel)
-        tasks[f"5-{fold}m"] = (_rest(all_ids, novel),) + tuple((c,) for c in novel)
-    tasks["15-5"] = (tuple(range(1, 16)), tuple(range(16, 21)))
-    tasks["15-1"] = (tuple(range(1, 16)),) + tuple((c,) for c in range(16, 21))
-    tasks["19-1"] = (tuple(range(1, 20)), (20,))
-    tasks["10-10"] = (tuple(range(1, 11)), tuple(range(11, 21)))
-    tasks["10-1"] = (tuple(range(1, 11)),) + tuple((c,) for c in range(11, 21))
-    return tasks
-
-
-def _coco_tasks() -> dict[str, tuple[tuple[int, ...], ...]]:
-    tasks = {"offline": (COCO_IDS,)}
-    for fold in range(4):  # COCO-20i: every 4th class of the 80, in id order
-        novel = COCO_IDS[fold::4]
-        tasks[f"20-{fold}"] = (_rest(COCO_IDS, novel), novel)
-        tasks[f"20-{fold}m"] = (_rest(COCO_IDS, novel),) + tuple(
-            novel[i : i + 5] for i in range(0, 20, 5)
-        )
-    return tasks
-
-
-TASKS = {"voc": _voc_tasks(), "coco": _coco_tasks()}
+# dataset -> the label space its annotation files use (the synthetic benchmark mirrors VOC)
+DATASET_LABEL_SPACE = {name: record.label_space for name, record in DATASETS.items()}
 
 
 @dataclass(frozen=True)
@@ -83,7 +35,7 @@ class Task:
 
     @property
     def label_space(self) -> str:
-        return DATASET_LABEL_SPACE[self.dataset]
+        return get_dataset(self.dataset).label_space
 
     @property
     def is_multi_step(self) -> bool:
@@ -115,25 +67,18 @@ class Task:
         return 1 + len(self.steps[0])
 
     def class_names(self, step: int, names: tuple | None = None) -> list[str]:
-        names = names or (VOC_CLASSES if self.label_space == "voc" else COCO_CLASSES)
+        names = names or get_dataset(self.dataset).classes
         return [names[c] for c in self.order(step)]
 
 
-@cache
 def get_task(dataset: str, name: str) -> Task:
-    if dataset not in DATASET_LABEL_SPACE:
-        raise IfssError(
-            f"unknown dataset {dataset!r}; valid datasets: {', '.join(sorted(DATASET_LABEL_SPACE))}"
-        )
-    table = TASKS[DATASET_LABEL_SPACE[dataset]]
+    # not cached: a lookup in the record's table is cheap, and a cache would outlive a record
+    # replaced in DATASETS (tests register their own)
+    table = get_dataset(dataset).tasks
     if name not in table:
-        close = difflib.get_close_matches(name, table, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise IfssError(
-            f"unknown task {name!r} for dataset {dataset!r}{hint}; valid tasks: {', '.join(table)}"
-        )
+        raise unknown("task", name, table, f"for dataset {dataset!r}")
     return Task(dataset, name, table[name])
 
 
 def task_names(dataset: str) -> list[str]:
-    return list(TASKS[DATASET_LABEL_SPACE[dataset]])
+    return list(get_dataset(dataset).tasks)

@@ -3,14 +3,14 @@
 # (`ifss splits`). One rule per configured dataset, because each dataset folder is configured.
 
 
-for _name, _ds in DATASETS.items():
+for _name, _ds in MATRIX.datasets.items():
     if _ds["source"] == "synth":
 
         rule:
             name:
                 f"synth_{_name}"
             output:
-                marker=dataset_marker(_name),
+                marker=MATRIX.dataset_marker(_name),
             params:
                 out=marker_dir,
                 seed=_ds["synth"]["seed"],
@@ -31,11 +31,11 @@ for _name, _ds in DATASETS.items():
             name:
                 f"download_{_name}"
             output:
-                marker=dataset_marker(_name),
+                marker=MATRIX.dataset_marker(_name),
             params:
                 dataset=_name,
                 root=download_root,
-                extra=download_args(_name),
+                extra=MATRIX.download_args(_name),
             log:
                 f"logs/data/{_name}.log",
             localrule: _ds["download"]["local"]
@@ -50,7 +50,7 @@ rule class_index:
     input:
         unpack(class_index_inputs),
     output:
-        "resources/splits/{dataset}/class_index.json",
+        paths.class_index_path("{dataset}"),
     params:
         root=dataset_root,
     log:

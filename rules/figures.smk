@@ -13,7 +13,7 @@ rule figure_model:
     input:
         figure_model_source,
     output:
-        "results/figures/{figure}/models/{method}.pt",
+        paths.figure_model("{figure}", "{method}"),
     log:
         "logs/figures/{figure}/{method}.log",
     localrule: True
@@ -26,13 +26,13 @@ rule figures:
         unpack(figure_inputs),
     output:
         qualitative=report(
-            "results/figures/{figure}/qualitative.png",
+            FIGURE_FILES["qualitative"],
             caption="../workflow/report/qualitative.rst",
             category="Figures",
             labels={"figure": "{figure}", "content": "qualitative"},
         ),
         tsne=report(
-            "results/figures/{figure}/tsne.png",
+            FIGURE_FILES["tsne"],
             caption="../workflow/report/tsne.rst",
             category="Figures",
             labels={"figure": "{figure}", "content": "t-SNE"},

@@ -8,20 +8,20 @@ rule table:
         metrics=table_inputs,
     output:
         csv=report(
-            "results/tables/{table}.csv",
+            TABLE_FILES["csv"],
             caption="../workflow/report/table.rst",
             category="Tables",
             labels={"table": "{table}", "content": "methods x setting x shot"},
         ),
-        md="results/tables/{table}.md",
+        md=TABLE_FILES["md"],
         runs=report(
-            "results/tables/{table}_runs.csv",
+            TABLE_FILES["runs"],
             caption="../workflow/report/runs.rst",
             category="Tables",
             labels={"table": "{table}", "content": "every run"},
         ),
         per_class=report(
-            "results/tables/{table}_per_class.csv",
+            TABLE_FILES["per_class"],
             caption="../workflow/report/per_class.rst",
             category="Tables",
             labels={"table": "{table}", "content": "per-class IoU"},

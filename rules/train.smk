@@ -1,15 +1,17 @@
 # Training: step 0 per (dataset, task, base method), shared by every method starting from it;
 # few-shot step k per (method, nshot, ishot); step k of a multi-step task takes step k-1 of the
 # same run. The method registry (ifss/methods/registry.py) says which step-0 run a method needs,
-# so registering a method needs no change here.
+# so registering a method needs no change here. Run folders (ifss/workflow/paths.py):
+#   STEP0_DIR = results/runs/{dataset}/{task}/step0/{base}
+#   STEP_DIR  = results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}
 
 
 rule train_step0:
     input:
         unpack(step0_inputs),
     output:
-        model=protected("results/runs/{dataset}/{task}/step0/{base}/model.pt"),
-        metrics="results/runs/{dataset}/{task}/step0/{base}/metrics.json",
+        model=protected(f"{STEP0_DIR}/model.pt"),
+        metrics=f"{STEP0_DIR}/metrics.json",
     params:
         sets=step0_sets,
     log:
@@ -29,10 +31,8 @@ rule train_step:
     input:
         unpack(step_inputs),
     output:
-        model=maybe_temp(
-            "results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/model.pt"
-        ),
-        metrics="results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}/metrics.json",
+        model=maybe_temp(f"{STEP_DIR}/model.pt"),
+        metrics=f"{STEP_DIR}/metrics.json",
     params:
         sets=step_sets,
     log:

@@ -6,7 +6,7 @@
 
 rule weights:
     output:
-        file=f"{WEIGHTS_DIR}/{{name}}.pth",
+        file=MATRIX.weights_path("{name}"),
     params:
         dest=weights_dest,
         mirror=weights_mirror,

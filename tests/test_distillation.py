@@ -116,20 +116,18 @@ def test_mib_init_copies_background_row():
 # ------------------------------------------------------------------------------ RT's frozen parts
 
 @pytest.mark.parametrize("update_bn", [False, True])
-def test_rt_batch_norm_statistics(update_bn):
+def test_rt_train_mode_freezes_batch_norm_statistics(update_bn):
+    """RT's train_mode hook: body and head stay in eval mode (statistics kept) unless update_bn."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(head_channels=8, pooling_size=2), [3, 2])
     method = make(Retraining, update_bn=update_bn)
     method.prepare(model, None, None)
     before = model.body.bn1.running_mean.clone()
-    model.train()
+    method.train_mode(model)
     model(torch.randn(2, 3, 32, 32))
-    assert model.body.training is update_bn and model.classifier.training
+    assert model.body.training is update_bn and model.head.training is update_bn
+    assert model.classifier.training
     assert torch.equal(model.body.bn1.running_mean, before) is not update_bn
-    method.finish(model, None)
-    model.train()
-    model(torch.randn(2, 3, 32, 32))
-    assert model.body.training  # hooks removed after training
 
 
 def test_rt_param_groups_train_only_the_new_conv():

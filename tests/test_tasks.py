@@ -1,5 +1,15 @@
-import pytest
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from ifss.cli import parser
+from ifss.data import sources
+from ifss.data.index import build_image_classes
+from ifss.data.layout import layout_for
+from ifss.data.records import DATASETS, DatasetRecord, Folders, SourceFile, get_dataset
 from ifss.errors import IfssError
 from ifss.tasks import COCO_IDS, get_task, task_names
 
@@ -61,3 +71,91 @@ def test_unknown_task_lists_valid_ones():
     with pytest.raises(IfssError, match="steps 0..1"):
         get_task("voc", "5-0").check_step(2)
     assert "20-3m" in task_names("coco")
+
+
+def test_records_and_tasks_import_without_torch():
+    # the workflow imports these while building the DAG
+    code = ("import sys, ifss.tasks, ifss.data.records, ifss.data.layout, ifss.data.sources; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_dataset_names_the_nearest():
+    with pytest.raises(IfssError, match=r"unknown dataset 'vco' \(did you mean voc\?\); valid "
+                                        r"datasets: voc, coco, synthetic"):
+        get_dataset("vco")
+    with pytest.raises(IfssError, match="unknown dataset 'vco'"):
+        task_names("vco")
+
+
+def test_every_record_is_consistent():
+    for name, record in DATASETS.items():
+        assert record.name == name and record.classes[0] == "background"
+        space = get_dataset(record.label_space)
+        assert space.classes == record.classes  # label ids mean the same in both
+        for task in record.tasks:
+            steps = get_task(name, task).steps
+            ids = [c for step in steps for c in step]
+            assert len(ids) == len(set(ids)) and set(ids) <= set(record.object_ids), (name, task)
+        assert set(record.folders.images) == set(record.folders.labels) == set(record.folders.lists)
+        assert bool(record.sources) == bool(record.prepare)
+        for row in record.sources:
+            assert row.needed_for is None or row.needed_for <= set(record.label_sources)
+
+
+def test_a_new_dataset_is_one_record(tmp_path, monkeypatch):
+    """Registering a record is all it takes: tasks, class names, layout, index, downloads, CLI."""
+    row = SourceFile(name="tiny.zip", url="http://example.org/tiny.zip", md5=None,
+                     extract_to="tiny")
+    tiny = DatasetRecord(
+        name="tiny",
+        classes=("background", "cat", None, "dog"),  # id 2 unused, as COCO has unused ids
+        folders=Folders(images={"train": "img"}, labels={"train": "lab"},
+                        lists={"train": "train.txt"}),
+        tasks={"1-1": ((1,), (3,))},
+        make="make it with `tiny-maker --out {root}`",
+        sources=(row,),
+        prepare="tiny_reader:prepare",
+    )
+    monkeypatch.setitem(DATASETS, "tiny", tiny)
+
+    task = get_task("tiny", "1-1")
+    assert task_names("tiny") == ["1-1"] and task.label_space == "tiny"
+    assert task.class_names(1) == ["background", "cat", "dog"]
+    with pytest.raises(IfssError, match=r"unknown task '1-2' for dataset 'tiny'.*valid tasks: 1-1"):
+        get_task("tiny", "1-2")
+
+    root = tmp_path / "tiny"
+    layout = layout_for("tiny", root)
+    with pytest.raises(IfssError, match=f"make it with `tiny-maker --out {root}`"):
+        layout.check()
+    (root / "img").mkdir(parents=True)
+    (root / "lab").mkdir()
+    (root / "train.txt").write_text("a\nb\n")
+    labels = {"a": [[0, 1], [255, 1]], "b": [[0, 3], [3, 3]]}
+    for image_id, label in labels.items():
+        Image.fromarray(np.array(label, np.uint8)).save(layout.label_path("train", image_id))
+    layout.check()
+    assert layout.image_path("train", "a") == root / "img" / "a.jpg"
+    assert build_image_classes(layout, "train", task.label_space) == {"a": [0, 1], "b": [0, 3]}
+    Image.fromarray(np.array([[2]], np.uint8)).save(layout.label_path("train", "b"))
+    with pytest.raises(IfssError, match=r"holds value\(s\) \[2\]"):  # unused id: no class
+        build_image_classes(layout, "train", task.label_space)
+
+    assert sources.files_for("tiny") == (row,) and "tiny" in sources.SOURCES
+    assert parser().parse_args(["download", "tiny", "--root", str(tmp_path)]).dataset == "tiny"
+
+
+def test_sources_table_writes_through_to_the_records(monkeypatch):
+    # tests replace a dataset's rows in the old table; fetch_dataset must see them
+    original = DATASETS["voc"]
+    rows = sources.SOURCES["voc"][:1]
+    monkeypatch.setitem(sources.SOURCES, "voc", rows)
+    assert sources.files_for("voc") == rows and DATASETS["voc"].tasks is original.tasks
+    monkeypatch.undo()
+    assert DATASETS["voc"] == original
+    assert list(sources.SOURCES) == ["voc", "coco"]
+    with pytest.raises(IfssError, match="'synthetic' has nothing to download; make it with"):
+        sources.files_for("synthetic")
+    with pytest.raises(IfssError, match="unknown label source 'panoptic' for dataset 'coco'"):
+        sources.files_for("coco", "panoptic")

@@ -23,12 +23,12 @@ from torch.utils.data import Dataset
 from ifss import engine
 from ifss.bench.sizes import Sizes
 from ifss.bench.timing import Stopwatch, synchronize
-from ifss.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, from_dict
+from ifss.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from ifss.data.build import StepData, build_step_data
 from ifss.data.segmentation import pad_collate
 from ifss.distributed import Runtime
 from ifss.losses import IGNORE
-from ifss.methods.registry import MethodInfo, get_method_class, method_info
+from ifss.methods.registry import MethodInfo
 from ifss.models import build_model
 from ifss.tasks import get_task
 
@@ -109,10 +109,8 @@ class Setup:
         return min(self.cfg.data.batch_size, len(self.train_set))
 
     def trains(self) -> bool:
-        """False for methods without a gradient step (WI, AMP, DWI at step k): every parameter
-        group frozen, which the engine refuses to train."""
-        groups = self.method.param_groups(self.model, self.cfg.train)
-        return any(g["lr_mult"] > 0 and g["params"] for g in groups)
+        """False for methods without a gradient step (WI, AMP, DWI)."""
+        return self.method.trains
 
 
 def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int = 1,
@@ -169,26 +167,24 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
     """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it, from the
     "step-0" weights `base` (ifss.bench.harness.base_state; None: random init).
     Raises whatever the method raises (the caller turns that into a note)."""
+    from ifss.builder import build_method, resolve
     from ifss.run import seed_everything
 
-    info = method_info(name)
-    cls = get_method_class(name)
-    cfg = run_config(name, sizes, runtime, root, iterations=iterations)
-    params = from_dict(cls.Params, cfg.params, prefix="params.")
-    cfg = dataclasses.replace(cfg.resolved(), params=dataclasses.asdict(params))
-    task = get_task(cfg.dataset, cfg.task)
+    run = resolve(run_config(name, sizes, runtime, root, iterations=iterations), training=False)
+    cfg, info = run.cfg, run.info
     seed_everything(cfg.seed)
-    data = build_step_data(cfg, task)
-    method = cls(params, cfg, runtime)
-    options = cls.model_options(cfg) if hasattr(cls, "model_options") else {}
-    model = build_model(cfg.model, task.classes_per_step(cfg.step), info.classifier, **options)
+    data = build_step_data(cfg, run.task)
+    model = run.model()
     if base:
         load_matching(model, base)
     old = None
-    if cls.uses_old_model:
-        old = build_model(cfg.model, task.classes_per_step(cfg.step - 1), info.classifier, **options)
+    if run.method_cls.uses_old_model:
+        old = run.model(cfg.step - 1)
         load_matching(old, model.state_dict())  # the previous step's model
         old.to(runtime.device).eval().requires_grad_(False)
+    method = build_method(run, runtime, model, None)
+    for module in method.modules().values():
+        module.to(runtime.device)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -45,7 +45,9 @@ def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]
     return [(i, incremental.fewshot_lut(task, cfg.step, c)) for i, c in pairs]
 
 
-def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None) -> StepData:
+def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
+                    image_labels: bool = False) -> StepData:
+    """The step's sets; `image_labels`: training samples also carry multi-hot image labels."""
     layout = layout or layout_for(cfg.dataset, cfg.data.root)
     layout.check()
     image_classes = load_image_classes(layout, "train", task.label_space, cfg.data.class_index)
@@ -55,7 +57,8 @@ def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None) ->
     d = cfg.data
     train = SegmentationSet(
         layout, "train", samples,
-        transforms.train_transform(d.crop_size, d.scale_min, d.scale_max), **common,
+        transforms.train_transform(d.crop_size, d.scale_min, d.scale_max),
+        with_image_labels=image_labels, **common,
     )
     plain = SegmentationSet(layout, "train", samples, transforms.test_transform(), **common)
     lut = incremental.test_lut(task, cfg.step)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ifss.atomic import write_json
-from ifss.data.incremental import IGNORE, valid_label_values
+from ifss.data.incremental import IGNORE
 from ifss.data.layout import Layout
 from ifss.data.readers import read_label
+from ifss.data.records import get_dataset
 from ifss.errors import IfssError
 
 INDEX_VERSION = 1
@@ -33,7 +34,7 @@ def _classes_in(path: Path, valid: set[int]) -> list[int]:
 
 def build_image_classes(layout: Layout, split: str, label_space: str) -> dict[str, list[int]]:
     ids = layout.ids(split)
-    valid = set(valid_label_values(label_space))
+    valid = set(get_dataset(label_space).label_ids) | {IGNORE}  # the record's ids, and void
     with ThreadPoolExecutor(max_workers=4) as pool:
         classes = pool.map(lambda i: _classes_in(layout.label_path(split, i), valid), ids)
         return dict(zip(ids, classes))

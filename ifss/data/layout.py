@@ -1,13 +1,14 @@
-"""Where each dataset keeps its images, labels and id lists on disk.
+"""Where a dataset keeps its images, labels and id lists on disk, under one data root.
 
-VOC (and the synthetic benchmark) use the VOC 2012 devkit layout with the SBD-augmented labels;
-COCO uses the converted object-label layout that `ifss download coco` writes.
+The folders and the sentence saying how to make a missing dataset come from its record
+(`ifss.data.records`); a `Layout` adds the root and reads the id lists.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from ifss.data.records import get_dataset
 from ifss.errors import IfssError
 
 
@@ -41,30 +42,15 @@ class Layout:
 
 
 def layout_for(dataset: str, root: str | Path) -> Layout:
-    root = Path(root)
-    if dataset in ("voc", "synthetic"):
-        make = (
-            f"make it with `ifss synth --out {root}`"
-            if dataset == "synthetic"
-            else "download it with `ifss download voc --root DIR` and set data.root=DIR/voc"
-        )
-        return Layout(
-            root,
-            images={"train": "JPEGImages", "val": "JPEGImages"},
-            labels={"train": "SegmentationClassAug", "val": "SegmentationClassAug"},
-            lists={
-                "train": "ImageSets/Segmentation/train_aug.txt",
-                "val": "ImageSets/Segmentation/val.txt",
-            },
-            how_to_make=make,
-        )
-    if dataset == "coco":
-        return Layout(
-            root,
-            images={"train": "images/train2017", "val": "images/val2017"},
-            labels={"train": "annotations/train2017", "val": "annotations/val2017"},
-            lists={"train": "split/train.txt", "val": "split/val.txt"},
-            how_to_make="download and convert it with `ifss download coco --root DIR` "
-            "and set data.root=DIR/coco",
-        )
-    raise IfssError(f"unknown dataset {dataset!r}; valid datasets: coco, synthetic, voc")
+    """The layout of `dataset`'s record, rooted at `root`."""
+    record = get_dataset(dataset)
+    folders = record.folders
+    return Layout(
+        Path(root),
+        images=dict(folders.images),
+        labels=dict(folders.labels),
+        lists=dict(folders.lists),
+        image_suffix=folders.image_suffix,
+        label_suffix=folders.label_suffix,
+        how_to_make=record.how_to_make(root),
+    )

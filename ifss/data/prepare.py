@@ -1,7 +1,9 @@
 """Raw downloads -> the folder layouts the ifss dataset readers expect.
 
-    fetch_dataset("voc"|"coco", root)   downloads (checksummed) into root/downloads/, extracts
-                                        safely into root/raw/<archive>/, prepares root/<name>/
+    fetch_dataset(name, root)           downloads a dataset record's files (checksummed) into
+                                        root/downloads/, extracts them safely into
+                                        root/raw/<archive>/, prepares root/<name>/ with the
+                                        record's `prepare` function (one of those below)
     prepare_voc(raw_dir, out)           VOC 2012 + SBD-augmented labels -> out/
     prepare_coco(raw_dir, out, source)  COCO 2017 images + object labels -> out/
 
@@ -22,6 +24,7 @@ marker last; a second call with the marker present returns at once.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import multiprocessing
 import os
@@ -37,15 +40,16 @@ import numpy as np
 from PIL import Image
 
 from ifss.data import sources
+from ifss.data.records import get_dataset
 from ifss.download import download_file, file_hash, mirrored_url, safe_extract
-from ifss.errors import IfssError
+from ifss.errors import IfssError, unknown
 
 __all__ = [
     "COCO_STUFF_TO_OBJECT", "UnverifiedDownloadWarning", "coco_instance_label", "fetch_dataset",
     "prepare_coco", "prepare_voc", "stuff_to_object_labels",
 ]
 
-COCO_SOURCES = ("instances", "stuffthingmaps")
+COCO_SOURCES = get_dataset("coco").label_sources  # the label sources prepare_coco knows
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 MARKER = ".ifss-prepared.json"
 
@@ -153,7 +157,8 @@ def _read_ids(path: Path) -> list[str]:
 # VOC
 
 
-def prepare_voc(raw_dir: Path | str, out: Path | str) -> Path:
+def prepare_voc(raw_dir: Path | str, out: Path | str, source: str | None = None,
+                workers: int = 1) -> Path:
     """Build the ifss VOC layout in `out` from the extracted VOC devkit, SBD labels and lists.
 
     `raw_dir` must hold (anywhere below it) the VOC 2012 devkit folder `VOC2012/` (JPEGImages,
@@ -163,7 +168,8 @@ def prepare_voc(raw_dir: Path | str, out: Path | str) -> Path:
     validation ids. Any training id that is also a validation id is dropped from train_aug, so
     the two never overlap (the published list has none; a hand-made one might). Labels come from
     SegmentationClassAug, or, for an id missing there, from the devkit's SegmentationClass
-    (palette PNGs whose indices are the class ids). Returns `out`.
+    (palette PNGs whose indices are the class ids). Returns `out`. `source` and `workers` are
+    there for the preparers' common signature: VOC has one label source, and linking is fast.
     """
     raw_dir, out = Path(raw_dir), Path(out)
     devkit = _find(raw_dir, "VOC 2012 devkit folder VOC2012/ (from VOCtrainval_11-May-2012.tar)",
@@ -361,7 +367,7 @@ def prepare_coco(raw_dir: Path | str, out: Path | str, source: str = "instances"
     """
     raw_dir, out = Path(raw_dir), Path(out)
     if source not in COCO_SOURCES:
-        raise IfssError(f"Unknown COCO label source {source!r}; use one of {list(COCO_SOURCES)}.")
+        raise unknown("COCO label source", source, COCO_SOURCES)
     for split, folder in COCO_SPLITS.items():
         image_dir = _find(raw_dir, f"COCO image folder {folder}/ of .jpg files (from {folder}.zip)",
                           lambda name, dirs, files: name == folder and _has_suffix(files, ".jpg"))
@@ -412,36 +418,44 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def fetch_dataset(name: str, root: Path | str, mirror: str | None = None,
-                  coco_source: str = "instances", workers: int = 1) -> Path:
-    """Download, verify, extract and prepare dataset `name` ("voc" or "coco") under `root`.
+def _preparer(spec: str) -> Callable[..., Path]:
+    """The function a record names as "module:function"."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
-    Archives go to `root/downloads/` (checked against the md5s in `ifss.data.sources`; a file
-    with no published md5 is used with an UnverifiedDownloadWarning giving the md5 of what
-    arrived), are extracted into `root/raw/<archive>/` and prepared into `root/<name>/`, which
-    is returned. `mirror` replaces the scheme and host of every URL (a local copy of the files,
-    or a test server). The marker `root/<name>/.ifss-prepared.json` records the label source
-    at the start and is marked complete last: a second call then returns at once, and a killed
-    call resumes (downloads via HTTP Range, extraction from scratch, conversion per image).
+
+def fetch_dataset(name: str, root: Path | str, mirror: str | None = None,
+                  coco_source: str | None = None, workers: int = 1) -> Path:
+    """Download, verify, extract and prepare dataset `name` (a record with sources) under `root`.
+
+    Archives go to `root/downloads/` (checked against the md5s of the record's download rows; a
+    file with no published md5 is used with an UnverifiedDownloadWarning giving the md5 of what
+    arrived), are extracted into `root/raw/<archive>/` and prepared into `root/<name>/` by the
+    record's `prepare` function; `root/<name>/` is returned. `coco_source` picks one of the
+    record's label sources (the name is COCO's, the only dataset with several; None = the
+    record's first; ignored for a dataset with one way to build its labels). `mirror` replaces
+    the scheme and host of every URL (a local copy of the files, or a test server). The marker
+    `root/<name>/.ifss-prepared.json` records the label source at the start and is marked
+    complete last: a second call then returns at once, and a killed call resumes (downloads via
+    HTTP Range, extraction from scratch, conversion per image).
     """
-    if name not in ("voc", "coco"):
-        raise IfssError(f"Unknown dataset {name!r} to fetch; use 'voc' or 'coco'.")
-    if name == "coco" and coco_source not in COCO_SOURCES:
-        raise IfssError(f"Unknown COCO label source {coco_source!r}; use one of {list(COCO_SOURCES)}.")
+    files = sources.files_for(name, coco_source)  # checks name and source before any writing
+    record = get_dataset(name)
+    source = (coco_source or record.label_sources[0]) if record.label_sources else None
     root = Path(root)
     out = root / name
-    source = coco_source if name == "coco" else None
     marker = out / MARKER
     state = _read_marker(marker) if marker.is_file() else None
     if state is not None:
         if state.get("source") != source:
-            raise IfssError(f"{out} holds COCO labels from {state.get('source')!r}, not {source!r}; "
-                            f"delete {out} to prepare it again, or ask for {state.get('source')!r}.")
+            raise IfssError(f"{out} holds {name} labels from {state.get('source')!r}, not "
+                            f"{source!r}; delete {out} to prepare it again, or ask for "
+                            f"{state.get('source')!r}.")
         if state.get("complete"):
             return out
 
     checksums = {}
-    for f in sources.files_for(name, source):
+    for f in files:
         url = mirrored_url(f.url, mirror)
         path = download_file(url, root / "downloads" / f.name, md5=f.md5)
         if f.md5 is None:
@@ -459,10 +473,7 @@ def fetch_dataset(name: str, root: Path | str, mirror: str | None = None,
     if state is None:  # say which labels are being written, so a resumed run cannot mix two
         _write_text_atomic(marker, json.dumps({"dataset": name, "source": source,
                                                "complete": False}) + "\n")
-    if name == "voc":
-        prepare_voc(root / "raw", out)
-    else:
-        prepare_coco(root / "raw", out, source=coco_source, workers=workers)
+    _preparer(record.prepare)(root / "raw", out, source=source, workers=workers)
     _write_text_atomic(marker, json.dumps({"dataset": name, "source": source, "complete": True,
                                            "files": checksums}, indent=2) + "\n")
     return out

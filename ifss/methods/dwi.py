@@ -5,39 +5,34 @@ Weight generator: w_c = a ⊙ mean_k(proto_k), with proto_k = mean of the L2-nor
 features of class c in support image k (head features upsampled bilinearly to the label size), and
 `a` a D-vector initialised to normalize(ones).
 
-Step 0 ("cool-down", in `finish`): the run loads the COS step-0 model (`previous`), trains nothing
-in the engine (train.iterations=0), then meta-trains the generator and the base
-cosine weights with plain SGD (lr `dyn_lr`, no momentum, no weight decay) for `dyn_iter`
-iterations. Each iteration sums the losses of `episodes` episodes: draw a base class c (not
-background) and K from `shots`; imprint c's weight from K support images of c (unaugmented, full
-size); replace c's row of the normalised base weights by it; cross-entropy of the scaled cosine
+Step 0 ("cool-down", an engine phase after the main one, which trains nothing): the run loads
+the COS step-0 model (`previous`), then meta-trains the generator and the base cosine weights
+with plain SGD (lr `dyn_lr`, no momentum, no weight decay) for `dyn_iter` iterations. Each
+iteration sums the losses of `episodes` episodes: draw a base class c (not background) and K from
+`shots`; imprint c's weight from K support images of c (unaugmented, full size); replace c's row of the normalised base weights by it; cross-entropy of the scaled cosine
 logits on a query batch of `random_images` random and `class_images` other images of c (augmented
 training crops), with body and head frozen in eval mode. Support and query images of c are
 disjoint when the class has enough images (the originals drew them independently).
 
 Step k >= 1: the novel weights are generator-made from the few-shot images of each class; no
-gradient step (train.iterations=0). The generator travels from step to step in the
-method state of model.pt.
+gradient step. The generator is a module the method owns: model.pt carries it from step to step.
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ifss.data.segmentation import pad_collate
+from ifss.engine import Phase
 from ifss.errors import IfssError
 from ifss.losses import segmentation_ce
 from ifss.methods.base import Method
 from ifss.methods.params import DWIParams
 from ifss.methods.imprinting import (check_new_classes_present, class_feature_sums,
-                                     class_statistics, features_at, frozen_groups,
-                                     set_step_weights)
-
-log = logging.getLogger("ifss")
-
+                                     class_statistics, features_at, set_step_weights)
 
 class WeightGenerator(nn.Module):
     """w = a ⊙ mean_k(proto_k) over K prototypes (K x D -> D)."""
@@ -66,41 +61,29 @@ def episode_logits(features: torch.Tensor, weights: torch.Tensor, scale: float) 
 
 class DynamicWeightImprinting(Method):
     Params = DWIParams
+    trains = False  # step 0's cool-down is an extra phase; steps >= 1 only imprint
 
-    def __init__(self, params, cfg, runtime):
-        super().__init__(params, cfg, runtime)
-        self.generator: WeightGenerator | None = None
+    def build_modules(self, model) -> dict[str, nn.Module]:
+        self.generator = WeightGenerator(model.classifier.in_channels)
+        return {"generator": self.generator}
 
-    # -- state ------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict:
-        if self.generator is None:
-            return {}
-        return {"generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator = WeightGenerator(state["generator"]["a"].numel())
-            self.generator.load_state_dict(state["generator"])
-
-    # -- hooks ------------------------------------------------------------------------------
-
-    def param_groups(self, model, train) -> list[dict]:
-        return frozen_groups(model)
+    def load_modules(self, states: dict, source: str) -> set[str]:
+        loaded = super().load_modules(states, source)
+        self.generator_source = source if "generator" in loaded else None
+        return loaded
 
     def prepare(self, model, old_model, data) -> None:
         super().prepare(model, old_model, data)
         if self.step == 0:
             return
-        if self.generator is None:
+        if getattr(self, "generator_source", None) is None:
             source = self.cfg.previous or "the model it starts from (no previous model.pt)"
             raise IfssError(
                 f"DWI step {self.step} needs the weight generator meta-trained at DWI step 0, and "
                 f"{source} holds none; give the model.pt of the DWI step-{self.step - 1} run"
             )
-        device = self.runtime.device
-        self.generator.to(device)
-        total, images = class_statistics(model, data.train_plain, dwi_image_prototypes, device)
+        total, images = class_statistics(model, data.train_plain, dwi_image_prototypes,
+                                          self.runtime.device)
         check_new_classes_present(images, data, self.step)
         sl = model.classifier.step_slice(self.step)
         mean_proto = total[sl] / images[sl].unsqueeze(-1)  # mean over the images of each class
@@ -108,55 +91,63 @@ class DynamicWeightImprinting(Method):
             weights = self.generator.a * mean_proto
         set_step_weights(model.classifier, self.step, weights)
 
-    def finish(self, model, data) -> None:
-        if self.step == 0:
-            self.cool_down(model, data)
+    def extra_phases(self, model, data) -> list[Phase]:
+        return [self.cool_down(model, data)] if self.step == 0 else []
 
     # -- step-0 meta-training ---------------------------------------------------------------
 
-    def cool_down(self, model, data) -> None:
-        p, device = self.params, self.runtime.device
+    def cool_down(self, model, data) -> Phase:
+        """The generator and the base cosine weights trained on episodes (engine phase)."""
+        p = self.params
         classifier = model.classifier
         if classifier.num_steps != 1 or not hasattr(classifier, "scale"):
             raise IfssError("DWI's cool-down needs the cosine step-0 model of COS")
-        self.generator = WeightGenerator(classifier.in_channels).to(device)
         by_class = images_by_class(data)
         classes = [c for c in range(1, classifier.num_classes) if by_class.get(c)]
         if not classes:
             raise IfssError("DWI's cool-down found no training image of any base class")
-        weight = classifier.convs[0].weight
-        optimizer = torch.optim.SGD([weight, self.generator.a], lr=p.dyn_lr, momentum=0.0)
         rng = torch.Generator().manual_seed(self.cfg.seed)
-        model.eval()  # body and head frozen: their features are computed without gradient
         n_train = len(data.train)
-        running = 0.0
-        for it in range(1, p.dyn_iter + 1):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(p.episodes):
-                c = classes[_randint(rng, len(classes))]
-                k = p.shots[_randint(rng, len(p.shots))]
-                pool = by_class[c]
-                order = [pool[i] for i in torch.randperm(len(pool), generator=rng).tolist()]
-                support = order[:k]
-                rest = order[k:] or order  # disjoint from the support when possible
-                query = [rest[i % len(rest)] for i in range(p.class_images)]
-                query += torch.randint(n_train, (p.random_images,), generator=rng).tolist()
-                loss = self._episode(model, data, c, support, query, rng)
-                if loss is not None:
-                    loss.backward()
-                    total += float(loss.detach())
-            optimizer.step()
-            running += total / p.episodes
-            if it % self.cfg.train.log_every == 0 or it == p.dyn_iter:
-                span = it % self.cfg.train.log_every or self.cfg.train.log_every
-                log.info("cool-down iter %d/%d  loss %.4f", it, p.dyn_iter, running / span)
-                running = 0.0
-        if self.runtime.distributed:  # every rank ran the same episodes; keep rank 0's result
-            for tensor in (weight, self.generator.a):
-                torch.distributed.broadcast(tensor.data, src=0)
 
-    def _episode(self, model, data, c: int, support: list[int], query: list[int], rng):
+        def episodes(start: int):
+            # every draw of an iteration happens here, so resume.pt's copy of `rng` is exact
+            for _ in range(start, p.dyn_iter):
+                batch = []
+                for _ in range(p.episodes):
+                    c = classes[_randint(rng, len(classes))]
+                    k = p.shots[_randint(rng, len(p.shots))]
+                    pool = by_class[c]
+                    order = [pool[i] for i in torch.randperm(len(pool), generator=rng).tolist()]
+                    support = order[:k]
+                    rest = order[k:] or order  # disjoint from the support when possible
+                    query = [rest[i % len(rest)] for i in range(p.class_images)]
+                    query += torch.randint(n_train, (p.random_images,), generator=rng).tolist()
+                    seeds = torch.randint(2**62, (len(query),), generator=rng).tolist()
+                    batch.append((c, support, list(zip(query, seeds))))
+                yield {"episodes": batch}
+
+        def loss(batch: dict, net) -> dict[str, torch.Tensor]:
+            # one backward of the sum = one backward per episode (gradients add up)
+            losses = [self._episode(model, data, c, support, query)
+                      for c, support, query in batch["episodes"]]
+            losses = [l for l in losses if l is not None]
+            if not losses:  # no episode found a prototype: a zero gradient, no change
+                return {"ce": classifier.convs[0].weight.sum() * 0.0}
+            total = losses[0]
+            for episode in losses[1:]:
+                total = total + episode
+            return {"ce": total}
+
+        train = dataclasses.replace(
+            self.cfg.train, optimizer="sgd", lr=p.dyn_lr, momentum=0.0, nesterov=False,
+            weight_decay=0.0, schedule="constant", clip_grad_norm=0.0, lr_mult={})
+        groups = [{"name": "classifier", "params": [classifier.convs[0].weight], "lr_mult": 1.0},
+                  {"name": "generator", "params": [self.generator.a], "lr_mult": 1.0}]
+        # body and head frozen in eval mode: their features are computed without gradient
+        return Phase("cool-down", p.dyn_iter, groups, train, episodes, loss, model.eval,
+                     rng=rng, autocast=False)
+
+    def _episode(self, model, data, c: int, support: list[int], query: list[tuple[int, int]]):
         device = self.runtime.device
         classifier = model.classifier
         with torch.no_grad():
@@ -171,8 +162,7 @@ class DynamicWeightImprinting(Method):
                     protos.append(proto[0, c])
             if not protos:
                 return None
-            seeds = torch.randint(2**62, (len(query),), generator=rng).tolist()
-            batch = pad_collate([data.train[(i, s)] for i, s in zip(query, seeds)])
+            batch = pad_collate([data.train[key] for key in query])
             images, labels = batch["image"].to(device), batch["label"].to(device)
             with self.runtime.autocast():
                 features = model.head(model.body(images)).float()

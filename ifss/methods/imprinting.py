@@ -162,26 +162,17 @@ def imprint_new_classes(model: nn.Module, data, step: int, device: torch.device)
     return weights
 
 
-def frozen_groups(model: nn.Module) -> list[dict]:
-    """Every parameter group with multiplier 0: a method without gradient steps. A run that
-    nevertheless schedules iterations is refused by the engine instead of fine-tuning silently."""
-    return [{"name": name, "params": params, "lr_mult": 0.0}
-            for name, params in model.param_groups().items()]
-
-
 # --- methods ----------------------------------------------------------------------------------
 
 class WeightImprinting(Method):
     """WI: starts from the COS step-0 model; the new step's cosine weights are imprinted from the
-    few-shot images (`imprint_new_classes`); no gradient step: run it with train.iterations=0 (the
-    engine refuses a schedule, since nothing is trainable)."""
+    few-shot images (`imprint_new_classes`); no gradient step."""
+
+    trains = False
 
     def prepare(self, model, old_model, data) -> None:
         super().prepare(model, old_model, data)
         imprint_new_classes(model, data, self.step, self.runtime.device)
-
-    def param_groups(self, model, train) -> list[dict]:
-        return frozen_groups(model)
 
 
 class AdaptiveMaskedProxies(Method):
@@ -192,10 +183,11 @@ class AdaptiveMaskedProxies(Method):
 
     The original makes 5 passes over the unaugmented few-shot set and averages over all of them;
     the passes see the same images, so the average equals that of one pass, which is what this
-    does. Papers' settings: train.iterations=0.
+    does. No gradient step.
     """
 
     Params = AMPParams
+    trains = False
 
     def prepare(self, model, old_model, data) -> None:
         super().prepare(model, old_model, data)
@@ -204,9 +196,6 @@ class AdaptiveMaskedProxies(Method):
         check_new_classes_present(images, data, self.step)
         imprint_amp(model.classifier, amp_proxies(total, images), images > 0, self.step,
                     self.params.amp_alpha)
-
-    def param_groups(self, model, train) -> list[dict]:
-        return frozen_groups(model)
 
 
 @torch.no_grad()

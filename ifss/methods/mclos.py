@@ -25,9 +25,9 @@ Per iteration, on the head features (the classifier's input, L2-normalised per p
        random     num_pos (num_neg) drawn uniformly without replacement;
   3. ifss.losses.info_nce on the cosines (temperature, base_temperature);
   4. the batch's entries are computed (`ContrastMemory.stage`; K = pixels_per_class_step0 at
-     step 0, pixels_per_class later) and written at the start of the next iteration (or when
-     the state is saved), after this batch's backward: an anchor never meets its own copy, and
-     the loss may contrast with views of the banks without copying them.
+     step 0, pixels_per_class later) and written after this batch's backward (the
+     `after_backward` hook): an anchor never meets its own copy, and the loss may contrast with
+     views of the banks without copying them.
 
 Choices (research §7 describes the reference; what differs and why):
 - Labels and predictions are resized (nearest) to the feature map instead of upsampling the
@@ -35,7 +35,7 @@ Choices (research §7 describes the reference; what differs and why):
   region means up to boundary pixels. `anchor_min_pixels` counts feature-map pixels.
 - Empty memory slots are masked out (the reference contrasted against random-normal slots).
 - Warm-up is a fraction of the step's iterations (the reference: 10 epochs out of 50 at VOC-SS
-  1-shot, 0.2); the iteration count travels with resume.pt.
+  1-shot, 0.2); the engine tells the iteration and the step's length (`before_step`).
 - `memory_candidates` > 0 contrasts with that many random filled entries per class and bank,
   drawn each iteration, instead of the whole memory (the reference); a cost knob, off by default.
 - Shapes never depend on the data (no host synchronisation on accelerators): anchors fill a
@@ -217,7 +217,7 @@ class MCLOS(PIFS):
     def __init__(self, params: MCLOSParams, cfg, runtime):
         super().__init__(params, cfg, runtime)
         self.memory: ContrastMemory | None = None
-        self.iteration = 0  # loss() calls of this step (travels with resume.pt)
+        self.iteration = 0  # iterations of this step so far, this one included
         self.warmup_iterations = 0
         self._carried: dict = {}
         self._prepared = False
@@ -232,12 +232,6 @@ class MCLOS(PIFS):
             Method.prepare(self, model, old_model, data)  # COS training: no imprinting, no teacher
         else:
             super().prepare(model, old_model, data)
-        from ifss.data.batches import ResumableBatches
-        from ifss.engine import total_iterations
-
-        batches = ResumableBatches(len(data.train), self.cfg.data.batch_size, self.cfg.seed,
-                                   self.runtime.rank, self.runtime.world)
-        self.warmup_iterations = round(self.params.warmup * total_iterations(self.cfg, batches))
         if self.params.memory != "none":
             self.memory = ContrastMemory(data.num_classes, self.params.memory_size,
                                          model.classifier.in_channels,
@@ -246,19 +240,24 @@ class MCLOS(PIFS):
         self._prepared = True
         self._apply(self._carried)
 
+    def before_step(self, iteration: int, total: int) -> None:
+        self.iteration = iteration + 1
+        self.warmup_iterations = round(self.params.warmup * total)
+
+    def after_backward(self, iteration: int) -> None:
+        if self.memory is not None:
+            self.memory.commit()  # this batch's entries, now that its backward has run
+
     def loss(self, batch, out, old_out) -> dict[str, torch.Tensor]:
         terms = super().loss(batch, out, old_out)
         features = out["features"]
         labels = labels_at(batch["label"], features.shape[-2:])
-        if self.memory is not None:
-            self.memory.commit()  # the previous batch's entries: its backward has run
-        self.iteration += 1
         p = self.params
         if self.iteration > self.warmup_iterations and p.contrast_weight > 0:
             terms["contrast"] = p.contrast_weight * self.contrast(features, labels, out["logits"])
         else:
             terms["contrast"] = features.new_zeros((), dtype=torch.float32)
-        if self.memory is not None:  # written at the next call (or state_dict), after backward
+        if self.memory is not None:  # written after the backward (`after_backward`)
             self.memory.stage(features, labels, self.pixels_per_image_class)
         return terms
 
@@ -292,7 +291,7 @@ class MCLOS(PIFS):
                                     p.temperature, p.base_temperature, exclude, by_class)
 
     def state_dict(self) -> dict:
-        state = {"step": self.step, "iteration": self.iteration}
+        state = {"step": self.step}
         if self.memory is not None:
             state["memory"] = self.memory.state_dict()
         return state
@@ -308,5 +307,3 @@ class MCLOS(PIFS):
             return
         if self.memory is not None and state.get("memory"):
             self.memory.load_carried(state["memory"])
-        if state.get("step") == self.step:
-            self.iteration = int(state.get("iteration", 0))

@@ -30,19 +30,17 @@ from ifss.methods.params import RTParams
 class Retraining(Method):
     Params = RTParams
 
-    def __init__(self, params, cfg, runtime):
-        super().__init__(params, cfg, runtime)
-        self._hooks: list = []
-
     def prepare(self, model: nn.Module, old_model: nn.Module | None, data: StepData) -> None:
         super().prepare(model, old_model, data)
         if self.step == 0 and self.params.reinit_classifier:
             for conv in model.classifier.convs:
                 conv.reset_parameters()
-        if not self.params.update_bn:
-            # the engine puts the model in train mode; keep the frozen parts in eval mode
-            for part in (model.body, model.head):
-                self._hooks.append(part.register_forward_pre_hook(_stay_in_eval))
+
+    def train_mode(self, model: nn.Module) -> None:
+        super().train_mode(model)
+        if not self.params.update_bn:  # frozen parts stay in eval mode, statistics included
+            model.body.eval()
+            model.head.eval()
 
     def param_groups(self, model: nn.Module, train: TrainConfig) -> list[dict]:
         convs = model.classifier.convs
@@ -55,13 +53,3 @@ class Retraining(Method):
             {"name": "classifier_old", "params": old, "lr_mult": 0.0},
             {"name": "classifier_new", "params": new, "lr_mult": train.lr_cls},
         ]
-
-    def finish(self, model: nn.Module, data: StepData) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-
-
-def _stay_in_eval(module: nn.Module, args) -> None:
-    if module.training:
-        module.eval()

@@ -1,6 +1,8 @@
 """Segmentation heads over the body's last feature map."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -9,6 +11,19 @@ from ifss.errors import IfssError
 from ifss.models.norm import NormFactory, init_gain, norm_factory
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+def norm_few_values(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)`, except that a training batch with one value per channel (a pooled 1x1 map of
+    one image) has no batch statistics (BatchNorm raises): that batch uses the running ones.
+    A norm already in eval mode (train.fix_bn) stays so."""
+    if not (norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1):
+        return norm(x)
+    norm.eval()
+    try:
+        return norm(x)
+    finally:
+        norm.train()
 
 
 class ASPP(nn.Module):
@@ -73,13 +88,55 @@ class ASPP(nn.Module):
         return out
 
     def _pool_norm(self, pool: torch.Tensor) -> torch.Tensor:
-        """The pooling branch's norm. A training batch of one image gives one value per channel,
-        which has no batch statistics (BatchNorm raises); that batch uses the running ones."""
-        bn = self.global_pooling_bn
-        if not (self.training and pool.shape[0] * pool.shape[2] * pool.shape[3] == 1):
-            return bn(pool)
-        bn.eval()
-        try:
-            return bn(pool)
-        finally:
-            bn.train()
+        return norm_few_values(self.global_pooling_bn, pool)
+
+
+class PSPHead(nn.Module):
+    """PSPNet's pyramid pooling module and bottleneck, as in semseg / PFENet / CWT (the GFSS
+    backbone: bins 1, 2, 3, 6, bottleneck 512, dropout 0.1).
+
+    Per bin b: adaptive mean pool to b x b -> 1x1 conv to in_channels // len(bins) -> norm+act ->
+    bilinear upsampling back (align_corners=True, as those codebases); the input and every
+    branch are concatenated, then 3x3 conv to `out_channels` -> norm+act -> Dropout2d.
+    Parameter names follow theirs (`features.i.1` conv, `features.i.2` norm, `bottleneck.0/1`)
+    so their `ppm.*` / `bottleneck.*` weights map by a prefix.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bins: Sequence[int] = (1, 2, 3, 6),
+                 norm: NormFactory | None = None, dropout: float = 0.1):
+        super().__init__()
+        bins = list(bins)
+        if not bins or not all(isinstance(b, int) and b >= 1 for b in bins):
+            raise IfssError(f"model.psp_bins={bins!r} is not valid; give positive integers, "
+                            "such as [1, 2, 3, 6]")
+        if not 0.0 <= dropout < 1.0:
+            raise IfssError(f"model.dropout={dropout!r} is not valid; give a value in [0, 1)")
+        reduced = in_channels // len(bins)
+        if reduced < 1:
+            raise IfssError(f"model.psp_bins has {len(bins)} bins, more than the body's "
+                            f"{in_channels} channels; use fewer bins")
+        norm = norm or norm_factory("bn", "relu")
+        self.bins = bins
+        self.out_channels = out_channels
+        self.features = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, reduced, 1, bias=False),
+                          norm(reduced))
+            for b in bins
+        )
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(in_channels + reduced * len(bins), out_channels, 3, padding=1, bias=False),
+            norm(out_channels),
+            nn.Dropout2d(dropout),
+        )
+        gain = init_gain(norm.activation)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_normal_(m.weight, gain)  # as ASPP; the references keep torch's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        out = [x]
+        for pool, conv, norm in self.features:
+            y = norm_few_values(norm, conv(pool(x)))  # bin 1 of one image: one value/channel
+            out.append(F.interpolate(y, size=size, mode="bilinear", align_corners=True))
+        return self.bottleneck(torch.cat(out, dim=1))

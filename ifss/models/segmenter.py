@@ -1,9 +1,19 @@
-"""Body -> head -> incremental classifier, logits upsampled to the input size."""
+"""Body -> head -> incremental classifier, logits upsampled to the input size.
+
+The contract every architecture keeps: `forward` returns {"logits", "features", "body"};
+`load_previous_step` loads step k-1's weights into step k's model; `add_classifier_step` grows
+the classifier; `param_groups` names the parts the optimiser treats apart.
+"""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ifss.errors import IfssError
 
 
 class SegmentationModel(nn.Module):
@@ -28,3 +38,37 @@ class SegmentationModel(nn.Module):
             "head": list(self.head.parameters()),
             "classifier": list(self.classifier.parameters()),
         }
+
+    def add_classifier_step(self, n: int) -> nn.Module:
+        """Append a classifier step of `n` classes; returns its module."""
+        return self.classifier.add_step(n)
+
+    def load_previous_step(self, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+        """Load the previous step's model state (`source` names its file in errors).
+
+        Every key must be there except those of the newest classifier step, which the previous
+        step did not have (they keep their fresh init); num_batches_tracked may be missing, as
+        for ImageNet files. Checked before anything is copied, so a misfit leaves the model as
+        it was.
+        """
+        own = self.state_dict()
+        newest = f"classifier.convs.{len(self.classifier.convs) - 1}."
+        missing = [k for k in own if k not in state and not k.startswith(newest)
+                   and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in own]
+        wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or wrong:
+            details = []
+            if missing:
+                details.append(f"missing keys {', '.join(missing[:3])}")
+            if unexpected:
+                details.append(f"unexpected keys {', '.join(unexpected[:3])}")
+            if wrong:
+                k = wrong[0]
+                details.append(f"{k} has shape {tuple(state[k].shape)}, "
+                               f"expected {tuple(own[k].shape)}")
+            raise IfssError(
+                f"checkpoint {source} does not fit this model ({'; '.join(details)}); was it "
+                "trained with another backbone or model.arch (or another model.head_channels)?"
+            )
+        self.load_state_dict(state, strict=False)

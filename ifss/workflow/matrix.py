@@ -1,0 +1,266 @@
+"""`Matrix`: one loaded workflow config, answering what the rules ask about a job (its inputs,
+its `--set` arguments, its threads) from the job's wildcards.
+
+Unknown names in a requested path (a dataset, task, method, table, figure, shot or step) fail
+here with an IfssError that lists the valid ones; rules/common.smk turns it into Snakemake's
+WorkflowError. Answers that Snakemake asks for once per job are cached.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+from pathlib import Path
+
+import ifss.config as runconfig
+from ifss.errors import IfssError, unknown
+from ifss.methods.registry import METHODS, MethodInfo, base_methods
+from ifss.tasks import Task, get_task
+from ifss.workflow import paths, targets
+from ifss.workflow.checks import PLANNED_METHODS, check_config
+from ifss.workflow.include import expand_includes
+from ifss.workflow.schema import validate_schema
+from ifss.workflow.settings import method_of, run_settings, set_args
+
+
+class Matrix:
+    def __init__(self, cfg: dict):
+        """`cfg`: a config as `load` leaves it (included, validated, checked)."""
+        self.config = cfg
+        self.datasets: dict = cfg["datasets"]
+        self.tables: dict = cfg["tables"]
+        self.figures: dict = cfg["figures"]
+        self.methods: dict = cfg["methods"]
+        self.weights_dir: str = cfg["weights"]["dir"].rstrip("/")
+        self.run_settings = functools.cache(functools.partial(run_settings, cfg))
+        self.fewshot_run = functools.cache(self._fewshot_run)
+        self.step0_task = functools.cache(targets.step0_task)
+
+    @classmethod
+    def load(cls, cfg: dict, base_dir: str | Path, schema_file: str | Path) -> "Matrix":
+        """Expand `include`, validate against the schema and check `cfg`, in place (Snakemake's
+        `config` then holds what the rules use), and wrap it."""
+        expanded = expand_includes(cfg, base_dir)
+        cfg.clear()
+        cfg.update(expanded)
+        validate_schema(cfg, schema_file)
+        check_config(cfg)
+        return cls(cfg)
+
+    # ------------------------------------------------------------- names
+
+    def registered_method(self, name: str) -> str:
+        return method_of(self.methods, name)
+
+    def is_registered(self, name: str) -> bool:
+        return self.registered_method(name) in METHODS
+
+    def unregistered(self) -> list[str]:
+        return targets.unregistered(self.tables, self.figures, self.is_registered)
+
+    def check_dataset(self, dataset: str) -> dict:
+        if dataset not in self.datasets:
+            raise unknown("dataset", dataset, self.datasets, "under `datasets` in the config")
+        return self.datasets[dataset]
+
+    def check_task(self, dataset: str, task: str) -> Task:
+        self.check_dataset(dataset)
+        return get_task(dataset, task)
+
+    def check_method(self, name: str) -> MethodInfo:
+        """The registry entry of a configured name (a variant resolves to its method)."""
+        registered = self.registered_method(name)
+        if registered in METHODS:
+            return METHODS[registered]
+        if registered in PLANNED_METHODS:
+            raise IfssError(f"method {registered!r} is not registered yet in "
+                            f"ifss/methods/registry.py; registered methods: {', '.join(METHODS)}")
+        variants = [n for n in self.methods if self.registered_method(n) != n]
+        raise unknown("method", registered, [*METHODS, *variants])
+
+    def check_base(self, name: str) -> MethodInfo:
+        info = self.check_method(name)
+        if not info.step0:
+            raise IfssError(
+                f"method {name!r} has no step-0 run (its step 1 starts from step0/{info.base}); "
+                f"step-0 methods: {', '.join(base_methods())}"
+            )
+        return info
+
+    @staticmethod
+    def check_shot(nshot, fragment: dict) -> None:
+        default = runconfig.DataConfig().fewshot_stride
+        stride = fragment.get("data", {}).get("fewshot_stride", default)
+        if not 1 <= int(nshot) <= int(stride):
+            raise IfssError(f"unknown shot s{nshot}: nshot must be 1..{stride} "
+                            f"(data.fewshot_stride); the papers use 1, 2 and 5")
+
+    # ------------------------------------------------------------- data and weights
+
+    def dataset_marker(self, dataset: str) -> str:
+        ds = self.datasets[dataset]
+        return paths.dataset_marker(ds["root"], ds["source"])
+
+    def dataset_keys(self, dataset: str) -> dict:
+        """The run-config keys that say where a run's data is."""
+        ds = self.datasets[dataset]
+        keys = {"data.root": ds["root"]}
+        if ds["class_index"]:
+            keys["data.class_index"] = paths.class_index_path(dataset)
+        return keys
+
+    def dataset_inputs(self, dataset: str) -> dict:
+        ds = self.datasets[dataset]
+        if ds["source"] == "local" and not os.path.isdir(ds["root"]):
+            raise IfssError(
+                f"dataset {dataset!r} has source 'local', but its root {ds['root']!r} does not "
+                f"exist; prepare it there, or set datasets.{dataset}.source to download"
+            )
+        inputs = {}
+        if self.dataset_marker(dataset):
+            inputs["data"] = self.dataset_marker(dataset)
+        if ds["class_index"]:
+            inputs["class_index"] = paths.class_index_path(dataset)
+        return inputs
+
+    def class_index_inputs(self, dataset: str) -> dict:
+        self.check_dataset(dataset)
+        marker = self.dataset_marker(dataset)
+        return {"data": marker} if marker else {}
+
+    def download_args(self, dataset: str) -> str:
+        opts = self.datasets[dataset]["download"]
+        args = ["--mirror", opts["mirror"]] if opts["mirror"] else []
+        if dataset == "coco":
+            args += ["--coco-source", opts["coco_source"]]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def weights_args(self) -> str:
+        mirror = self.config["weights"]["mirror"]
+        return f"--mirror {shlex.quote(mirror)}" if mirror else ""
+
+    def weights_path(self, name: str) -> str:
+        return paths.weights_path(self.weights_dir, name)
+
+    # ------------------------------------------------------------- training jobs
+
+    def threads(self, dataset: str, stage: str) -> int:
+        """Snakemake threads of a training job (an unknown dataset fails in the rule's input
+        function, with its own message)."""
+        ds = self.datasets.get(dataset)
+        return ds["threads"][stage] if ds else 1
+
+    def step0_start(self, dataset: str, task: str, base: str) -> dict:
+        """What a step-0 run starts from: {"previous": model.pt} of the step-0 run it continues
+        (e.g. DWI's from COS's), or {"weights": file} of ImageNet weights, or nothing."""
+        info = self.check_base(base)
+        if info.step0_from:
+            return {"previous": f"{paths.step0_dir(dataset, task, info.step0_from)}/model.pt"}
+        if self.datasets[dataset]["weights"] != "none":
+            return {"weights": self.weights_path(self.datasets[dataset]["weights"])}
+        return {}
+
+    def step0_inputs(self, dataset: str, task: str, base: str) -> dict:
+        """Data, class index and start (the "weights" file is best marked ancient)."""
+        self.check_task(dataset, task)
+        return {**self.dataset_inputs(dataset), **self.step0_start(dataset, task, base)}
+
+    def step0_sets(self, dataset: str, task: str, base: str) -> str:
+        """The step-0 run's `--set` pairs, from the wildcards only: Snakemake leaves params that
+        read `input` out of its params-changed check, and an edited step-0 setting must rerun."""
+        fixed = dict(dataset=dataset, task=task, step=0, method=base)
+        fixed.update(self.dataset_keys(dataset))
+        start = self.step0_start(dataset, task, base)
+        if "previous" in start:
+            fixed["previous"] = start["previous"]
+        if "weights" in start:
+            fixed["model.pretrained"] = start["weights"]
+        return set_args(fixed, self.run_settings(dataset, task, base, "step0", step=0))
+
+    def _fewshot_run(self, dataset, task, method, nshot: int, ishot: int, step: int):
+        """(method info, run fragment) of a few-shot step; unknown names fail here."""
+        task_info = self.check_task(dataset, task)
+        info = self.check_method(method)
+        if not 1 <= step < task_info.num_steps:
+            raise IfssError(
+                f"task {task!r} has few-shot steps 1..{task_info.num_steps - 1}, not step{step} "
+                f"(step-0 runs are {paths.step0_dir(dataset, task, '<base>')}/)"
+            )
+        setting = "MS" if task_info.is_multi_step else "SS"
+        fragment = self.run_settings(dataset, task, method, "fewshot", setting, nshot, ishot,
+                                     step)
+        self.check_shot(nshot, fragment)
+        return info, fragment
+
+    def step_inputs(self, dataset, task, method, nshot, ishot, step) -> dict:
+        """The previous step's model only: data and class index reach it through step 0.
+        `nshot` and `ishot` as in the requested path (they name the folders)."""
+        info, _ = self.fewshot_run(dataset, task, method, int(nshot), int(ishot), int(step))
+        if int(step) == 1:
+            previous = paths.step0_dir(dataset, self.step0_task(dataset, task), info.base)
+        else:
+            previous = paths.step_dir(dataset, task, method, nshot, ishot, int(step) - 1)
+        return {"previous": f"{previous}/model.pt"}
+
+    def step_sets(self, dataset, task, method, nshot, ishot, step) -> str:
+        nshot, ishot, step = int(nshot), int(ishot), int(step)
+        _, fragment = self.fewshot_run(dataset, task, method, nshot, ishot, step)
+        registered = self.registered_method(method)
+        fixed = dict(dataset=dataset, task=task, step=step, nshot=nshot, ishot=ishot,
+                     method=registered)
+        if registered != method:
+            fixed["label"] = method  # a variant: its own row in tables
+        fixed.update(self.dataset_keys(dataset))
+        return set_args(fixed, fragment)
+
+    # ------------------------------------------------------------- tables and figures
+
+    def all_targets(self) -> list[str]:
+        return targets.all_targets(self.tables, self.figures, self.is_registered)
+
+    def table(self, name: str) -> dict:
+        if name not in self.tables:
+            raise unknown("table", name, self.tables, "under `tables` in the config")
+        return self.tables[name]
+
+    def table_metrics(self, name: str) -> list[str]:
+        return targets.table_metrics(self.table(name), self.is_registered)
+
+    def table_spec(self, name: str) -> dict:
+        """What the table script needs besides the metrics files."""
+        table = self.table(name)
+        return {
+            "name": name,
+            "title": table.get("title", name),
+            "dataset": table["dataset"],
+            "methods": [m for m in table["methods"] if self.is_registered(m)],
+            "shots": table["shots"],
+        }
+
+    def figure(self, name: str) -> dict:
+        if name not in self.figures:
+            raise unknown("figure", name, self.figures, "under `figures` in the config")
+        return self.figures[name]
+
+    def figure_inputs(self, name: str) -> dict:
+        """The figure's copies of the compared runs' model.pt, and the dataset."""
+        figure = self.figure(name)
+        for method in figure["methods"]:
+            self.check_method(method)
+        models = [paths.figure_model(name, m) for m in figure["methods"]]
+        return {"models": models, **self.dataset_inputs(figure["dataset"])}
+
+    def figure_model_source(self, name: str, method: str) -> str:
+        """The model.pt of one compared run (a temp() file the copy keeps for the figure)."""
+        figure = self.figure(name)
+        if method not in figure["methods"]:
+            raise unknown("method", method, figure["methods"], f"in figures.{name}.methods")
+        run = paths.step_dir(figure["dataset"], figure["task"], method, figure["nshot"],
+                             figure["ishot"], figure["step"])
+        return os.path.join(run, "model.pt")
+
+    def figure_params(self, name: str) -> dict:
+        figure = self.figure(name)
+        keys = ("num_images", "tsne_images", "per_class", "tsne_iterations")
+        return {"names": figure["methods"], "data_root": self.datasets[figure["dataset"]]["root"],
+                **{k: figure[k] for k in keys}}
