@@ -7,7 +7,6 @@ resolved config is what a run saves.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ifss.errors import IfssError, unknown
+from ifss.errors import IfssError, closest, unknown
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "constant_poly", "warmup_poly", "constant")
@@ -202,7 +201,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def unknown_key_error(key: str, valid: typing.Iterable[str]) -> IfssError:
     valid = sorted(valid)
     leaf = {v.rsplit(".", 1)[-1]: v for v in valid}
-    close = [leaf[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], leaf, n=3)]
+    close = [leaf[m] for m in closest(key.rsplit(".", 1)[-1], leaf)]
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return IfssError(f"unknown config key {key!r}{hint}")
 

@@ -25,25 +25,23 @@ from ifss.workflow import paths
 from ifss.workflow.matrix import Matrix
 
 
-def ifss_errors(func):
-    """An input function whose IfssError Snakemake shows as one sentence (a WorkflowError)."""
+def ifss_errors(func, prefix=""):
+    """`func` raising Snakemake's WorkflowError for an IfssError: one sentence, no traceback
+    of ifss (a decorator of input functions; the config load adds "Invalid config: ")."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except IfssError as err:
-            raise WorkflowError(str(err)) from None
+            raise WorkflowError(f"{prefix}{err}") from None
 
     return wrapper
 
 
-try:
-    MATRIX = Matrix.load(
-        config, workflow.basedir, f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
-    )
-except IfssError as err:
-    raise WorkflowError(f"Invalid config: {err}") from None
+MATRIX = ifss_errors(Matrix.load, prefix="Invalid config: ")(
+    config, workflow.basedir, f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+)
 
 if MATRIX.unregistered():
     logger.warning(

@@ -90,7 +90,7 @@ def default_config() -> dict:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["datasets"]["synthetic"].update(sourc="synth"),
-     "unknown config key 'datasets.synthetic.sourc'; did you mean source?"),
+     "unknown config key 'sourc' under datasets.synthetic (did you mean source?)"),
     (lambda c: c["tables"]["demo"].update(shots=[0]),
      "config key 'tables.demo.shots.0': 0 is less than the minimum of 1"),
     (lambda c: c["datasets"]["synthetic"]["SS"]["train"].update(lrr=0.1),
@@ -118,6 +118,9 @@ def default_config() -> dict:
     (lambda c: c["figures"].update(f={"dataset": "synthetic", "task": "5-0", "step": 2,
                                       "methods": ["FT", "WI"]}),
      "figures.f.step: task '5-0' has few-shot steps 1..1"),
+    # method params, checked against the method's Params when Snakemake loads the config
+    (lambda c: c["methods"]["MCLOS"]["params"].update(memroy="pixel"),
+     "in methods.MCLOS: unknown config key 'params.memroy'; did you mean params.memory?"),
 ])
 def test_invalid_config_is_named(tmp_path, edit, message):
     cfg = default_config()
@@ -231,9 +234,11 @@ def test_paper_configs_validate_with_the_real_registry(tmp_path):
 
 
 def test_paper_configs_share_run_and_methods():
-    """The two paper files merge: what they share is identical, the rest is per dataset."""
+    """The two paper files merge: what they share is identical (`methods` in one included
+    file), the rest is per dataset."""
     voc, coco = (yaml.safe_load(p.read_text()) for p in PAPER_CONFIGS)
-    assert voc["run"] == coco["run"] and voc["methods"] == coco["methods"]
+    assert voc["run"] == coco["run"] and voc["include"] == coco["include"]
+    assert "methods" not in voc and "methods" not in coco
     assert not set(voc["overrides"]) & set(coco["overrides"])
     assert not set(voc["datasets"]) & set(coco["datasets"])
 
@@ -243,9 +248,11 @@ def test_paper_params_match_registered_methods():
     import dataclasses
 
     from ifss.methods.registry import METHODS, get_method_class
+    from ifss.workflow.include import expand_includes
 
     for config in PAPER_CONFIGS:
-        for name, method in yaml.safe_load(config.read_text())["methods"].items():
+        methods = expand_includes(yaml.safe_load(config.read_text()), ROOT)["methods"]
+        for name, method in methods.items():
             registered = (method or {}).get("method", name)
             if registered not in METHODS or not method:
                 continue
@@ -293,9 +300,9 @@ def test_multi_step_chain_and_inputs(tmp_path):
     ("results/runs/synthetic/5-0/step0/WI/metrics.json",
      "method 'WI' has no step-0 run"),
     ("results/runs/voc/5-0/FT/s1-i0/step1/metrics.json",
-     "unknown dataset 'voc'; valid datasets (under `datasets` in the config): synthetic"),
+     "unknown dataset 'voc' under `datasets` in the config; valid datasets: synthetic"),
     ("results/tables/nosuch.csv",
-     "unknown table 'nosuch'; valid tables (under `tables` in the config): demo"),
+     "unknown table 'nosuch' under `tables` in the config; valid tables: demo"),
 ])
 def test_unknown_target_names_fail_clearly(tmp_path, target, message):
     rc, out = snakemake(tmp_path, "-n", target, stand_ins=True)

@@ -69,9 +69,11 @@ class Method:
             try:
                 self._modules[name].load_state_dict(state)
             except RuntimeError as err:
+                lines = str(err).splitlines()  # torch's first line only names the class
+                detail = (lines[1:] or lines)[0].strip()
                 raise IfssError(f"{source} holds a {name!r} that does not fit this run "
-                                f"({str(err).splitlines()[0]}); give a checkpoint of this method "
-                                "and model config") from None
+                                f"({detail}); give a checkpoint of this method and model "
+                                "config") from None
             loaded.add(name)
         return loaded
 

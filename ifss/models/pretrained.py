@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ifss.errors import IfssError
+from ifss.models.state_fit import state_misfit
 
 
 @dataclass(frozen=True)
@@ -169,20 +170,10 @@ def load_imagenet(body: nn.Module, path: str | Path) -> None:
     own = body.state_dict()
     state = {k: v for k, v in state.items()
              if k in own or not k.endswith("num_batches_tracked")}
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing keys {', '.join(missing[:3])}")
-        if unexpected:
-            details.append(f"unexpected keys {', '.join(unexpected[:3])}")
-        if wrong:
-            k = wrong[0]
-            details.append(f"{k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
+    misfit = state_misfit(own, state, lambda k: k.endswith("num_batches_tracked"))
+    if misfit:
         raise IfssError(
             f"ImageNet weights file {path} does not fit backbone {name} "
-            f"({'; '.join(details)}); it expects {_expected_files(name)}"
+            f"({misfit}); it expects {_expected_files(name)}"
         )
     body.load_state_dict(state, strict=False)

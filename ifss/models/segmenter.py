@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ifss.errors import IfssError
+from ifss.models.state_fit import state_misfit
 
 
 class SegmentationModel(nn.Module):
@@ -53,22 +54,11 @@ class SegmentationModel(nn.Module):
         """
         own = self.state_dict()
         newest = f"classifier.convs.{len(self.classifier.convs) - 1}."
-        missing = [k for k in own if k not in state and not k.startswith(newest)
-                   and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in own]
-        wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            details = []
-            if missing:
-                details.append(f"missing keys {', '.join(missing[:3])}")
-            if unexpected:
-                details.append(f"unexpected keys {', '.join(unexpected[:3])}")
-            if wrong:
-                k = wrong[0]
-                details.append(f"{k} has shape {tuple(state[k].shape)}, "
-                               f"expected {tuple(own[k].shape)}")
+        misfit = state_misfit(own, state, lambda k: k.startswith(newest)
+                              or k.endswith("num_batches_tracked"))
+        if misfit:
             raise IfssError(
-                f"checkpoint {source} does not fit this model ({'; '.join(details)}); was it "
-                "trained with another backbone or model.arch (or another model.head_channels)?"
+                f"checkpoint {source} does not fit this model ({misfit}); was it trained with "
+                "another backbone or model.arch (or another model.head_channels)?"
             )
         self.load_state_dict(state, strict=False)
