@@ -25,7 +25,8 @@ def default_run_dir(cfg) -> Path:
     passes --out)."""
     from ifss.workflow.paths import run_dir
 
-    return Path(run_dir(cfg.dataset, cfg.task, cfg.method, cfg.step, cfg.nshot, cfg.ishot))
+    name = cfg.label or cfg.method  # a variant's runs have their own folder, as in the workflow
+    return Path(run_dir(cfg.dataset, cfg.task, name, cfg.step, cfg.nshot, cfg.ishot))
 
 
 def _eval(args) -> None:

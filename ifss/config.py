@@ -202,7 +202,10 @@ def unknown_key_error(key: str, valid: typing.Iterable[str]) -> IfssError:
     valid = sorted(valid)
     leaf = {v.rsplit(".", 1)[-1]: v for v in valid}
     close = [leaf[m] for m in closest(key.rsplit(".", 1)[-1], leaf)]
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
+    if close:
+        hint = f"; did you mean {', '.join(close)}?"
+    else:
+        hint = f"; valid keys: {', '.join(valid)}" if valid else "; this section takes no keys"
     return IfssError(f"unknown config key {key!r}{hint}")
 
 

@@ -10,17 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ifss.data.records import COCO_CLASSES, COCO_IDS, DATASETS, VOC_CLASSES, get_dataset
+from ifss.data.records import get_dataset
 from ifss.errors import IfssError, unknown
-
-# Kept for the modules that import them from here (embeddings, incremental).
-__all__ = [
-    "COCO_CLASSES", "COCO_IDS", "DATASET_LABEL_SPACE", "Task", "VOC_CLASSES", "get_task",
-    "task_names",
-]
-
-# dataset -> the label space its annotation files use (the synthetic benchmark mirrors VOC)
-DATASET_LABEL_SPACE = {name: record.label_space for name, record in DATASETS.items()}
 
 
 @dataclass(frozen=True)

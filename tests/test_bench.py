@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ifss.bench import run_bench, sizes_for
-from ifss.bench import gpu, sections
+from ifss.bench import gpu, resources, throughput
+from ifss.bench.context import Context
 from ifss.bench.harness import MemorySet, build_setup, synthetic_root
 from ifss.bench.report import figure
 from ifss.bench.timing import interleaved
@@ -19,7 +20,8 @@ from ifss.errors import IfssError
 from ifss.methods.registry import METHODS
 
 FIXED = ("step_overhead", "checkpoint_overhead", "eval_throughput", "loader_vs_train",
-         "memory.train_step", "memory.mclos_banks", "workflow.total", *sections.PRECISION_FIGURES)
+         "memory.train_step", "memory.mclos_banks", "workflow.total",
+         *throughput.PRECISION_FIGURES)
 FIGURE_KEYS = {"value", "unit", "target", "met", "note", "description", "sizes", "warmup",
                "repeats", "details"}
 
@@ -85,7 +87,7 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
 
 def test_cuda_section_is_null_with_reason_on_cpu(quick):
     _, rec = quick
-    for name in sections.PRECISION_FIGURES:
+    for name in throughput.PRECISION_FIGURES:
         fig = rec["figures"][name]
         assert fig["value"] is None and fig["met"] is None
         assert "CUDA only" in fig["note"]
@@ -143,12 +145,12 @@ def test_precision_section_code_path_on_cpu(tmp_path, one_thread):
     runtime = Runtime(torch.device("cpu"))
     root = synthetic_root(tmp_path / "cache", sizes)
     ft = build_setup("FT", sizes, runtime, root, tmp_path / "FT", iterations=sizes.iterations)
-    ctx = sections.Context(device="cpu", quick=True, sizes=sizes, runtime=runtime, root=root,
-                           work=tmp_path, ft=ft, log=lambda _: None)
-    assert all(f["value"] is None for f in sections.precision(ctx).values())
+    ctx = Context(device="cpu", quick=True, sizes=sizes, runtime=runtime, root=root,
+                  work=tmp_path, ft=ft, log=lambda _: None)
+    assert all(f["value"] is None for f in throughput.precision(ctx).values())
     benchmark = torch.backends.cudnn.benchmark
-    got = sections.precision(ctx, force=True)
-    assert set(got) == set(sections.PRECISION_FIGURES)
+    got = throughput.precision(ctx, force=True)
+    assert set(got) == set(throughput.PRECISION_FIGURES)
     assert got["precision.speedup"]["value"] > 0 and got["precision.images_per_s"]["value"] > 0
     assert got["precision.peak_fraction"]["value"] is None  # "cpu" is in no peak table
     assert got["precision.speedup"]["details"]["train_gflop_per_image"] > 0
@@ -213,10 +215,10 @@ def test_figure_met_and_json_safety():
 
 def test_job_count_parsing():
     stats = "Job stats:\njob      count\n-----  -----\ntrain     20\ntotal   2185\n"
-    assert sections.job_count(stats) == 2185
-    assert sections.job_count("Building DAG of jobs...\nNothing to be done (all requested files "
-                              "are present and up to date).") == 0
-    assert sections.job_count("something else") is None
+    assert resources.job_count(stats) == 2185
+    assert resources.job_count("Building DAG of jobs...\nNothing to be done (all requested files "
+                               "are present and up to date).") == 0
+    assert resources.job_count("something else") is None
 
 
 def test_memory_set_indexes_like_the_engine():

@@ -11,7 +11,8 @@ from ifss.data.index import build_image_classes
 from ifss.data.layout import layout_for
 from ifss.data.records import DATASETS, DatasetRecord, Folders, SourceFile, get_dataset
 from ifss.errors import IfssError
-from ifss.tasks import COCO_IDS, get_task, task_names
+from ifss.data.records import COCO_IDS
+from ifss.tasks import get_task, task_names
 
 # research/pifs_mclos_mib.md §1.3
 COCO_NOVEL = {

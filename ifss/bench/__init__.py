@@ -95,6 +95,7 @@ def _run(device, quick, out_dir, cache_dir, chosen, methods, sizes, log, default
 
     from ifss import atomic
     from ifss.bench import sections as S
+    from ifss.bench.context import Context
     from ifss.bench.harness import base_state, build_setup, synthetic_root
     from ifss.bench.report import SCHEMA_VERSION, clean, markdown
     from ifss.distributed import setup as setup_runtime
@@ -114,8 +115,8 @@ def _run(device, quick, out_dir, cache_dir, chosen, methods, sizes, log, default
         base = base_state(sizes, runtime, root)
         ft = build_setup("FT", sizes, runtime, root, work / "FT", iterations=sizes.iterations,
                          base=base)
-        ctx = S.Context(device=device, quick=quick, sizes=sizes, runtime=runtime, root=root,
-                        work=work, ft=ft, log=log, methods=methods, base=base)
+        ctx = Context(device=device, quick=quick, sizes=sizes, runtime=runtime, root=root,
+                      work=work, ft=ft, log=log, methods=methods, base=base)
         for name in (n for n in DEFAULT_SECTIONS if n in chosen):
             got, error = S.run_section(name, ctx)
             figures.update(got)

@@ -37,7 +37,7 @@ from ifss import atomic
 from ifss.data.prepare import UnverifiedDownloadWarning
 from ifss.download import download_file, file_hash, mirrored_url
 from ifss.errors import IfssError
-from ifss.tasks import COCO_CLASSES, DATASET_LABEL_SPACE, VOC_CLASSES
+from ifss.data.records import get_dataset
 
 __all__ = [
     "WORD_VECTOR_SOURCES", "UnverifiedDownloadWarning", "class_words", "default_vectors_path",
@@ -97,12 +97,10 @@ _VOC_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant",
 
 
 def class_words(label_space: str) -> list[list[str] | None]:
-    """Per original class id, the words whose vectors are averaged (None for an unused id)."""
-    if label_space == "voc":
-        return [_VOC_WORDS.get(n, n).split() for n in VOC_CLASSES]
-    if label_space == "coco":
-        return [None if n is None else n.split() for n in COCO_CLASSES]
-    raise IfssError(f"no class names for label space {label_space!r}; use voc or coco")
+    """Per original class id, the words whose vectors are averaged (None for an unused id):
+    the dataset record's class names (VOC's run-together names split into words)."""
+    names = get_dataset(label_space).classes
+    return [None if n is None else _VOC_WORDS.get(n, n).split() for n in names]
 
 
 def default_vectors_path(dataset: str, root: str | Path) -> Path:
@@ -110,10 +108,7 @@ def default_vectors_path(dataset: str, root: str | Path) -> Path:
     root = Path(root)
     if dataset == "synthetic":
         return root / "class_attributes.npy"
-    if dataset not in DATASET_LABEL_SPACE:
-        raise IfssError(f"unknown dataset {dataset!r}; valid datasets: "
-                        f"{', '.join(sorted(DATASET_LABEL_SPACE))}")
-    return root / f"word_vectors_{DATASET_LABEL_SPACE[dataset]}.npy"
+    return root / f"word_vectors_{get_dataset(dataset).label_space}.npy"
 
 
 def load_class_vectors(path: str | Path) -> np.ndarray:
@@ -351,8 +346,7 @@ def fetch_word_vectors(out: str | Path, label_spaces: Iterable[str] = ("voc", "c
             "shape": list(matrix.shape),
             "rows": "original class id; fastText (300) then word2vec (300), each the mean of "
                     "the class's word vectors, L2-normalised; zero rows for unused ids",
-            "names": [None if n is None else str(n) for n in
-                      (VOC_CLASSES if space == "voc" else COCO_CLASSES)],
+            "names": [None if n is None else str(n) for n in get_dataset(space).classes],
             "words": class_words(space),
             "sources": {WORD_VECTOR_SOURCES[k].name: info for k, (_, info) in files.items()},
         })

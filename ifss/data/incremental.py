@@ -10,15 +10,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ifss.tasks import COCO_IDS, Task
+from ifss.data.records import get_dataset
+from ifss.tasks import Task
 
 IGNORE = 255
 INVALID = -1
 
 
 def valid_label_values(label_space: str) -> tuple[int, ...]:
-    classes = tuple(range(21)) if label_space == "voc" else (0,) + COCO_IDS
-    return classes + (IGNORE,)
+    """The values a label file of this label space may hold: its class ids and void."""
+    return get_dataset(label_space).label_ids + (IGNORE,)
 
 
 def build_lut(label_space: str, keep: Iterable[int], order: tuple[int, ...]) -> np.ndarray:

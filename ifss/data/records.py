@@ -260,7 +260,7 @@ COCO = DatasetRecord(
     sources=COCO_FILES,
     # labels from the instance annotations (pycocotools) or from the COCO-Stuff maps (PIFS's way)
     label_sources=("instances", "stuffthingmaps"),
-    prepare="ifss.data.prepare:prepare_coco",
+    prepare="ifss.data.coco_labels:prepare_coco",
 )
 
 # Insertion order is the order users see in messages and `--help`.

@@ -1,0 +1,199 @@
+"""Benchmark sections 1-2: the cost of a training step.
+
+1. step overhead     ifss training step (FT through engine.train) / bare fwd+bwd+SGD step, and
+                     the amortised share of the resume checkpoint
+2. method overhead   each method's step / FT's (MCLOS / PIFS), or its prepare time
+"""
+from __future__ import annotations
+
+import gc
+import math
+
+import torch
+
+from ifss.bench.context import Context, cpu_ratio, error_line
+from ifss.bench.harness import BareLoop, Setup, build_setup, engine_step_seconds, fill_memory
+from ifss.bench.report import figure, skipped
+from ifss.bench.timing import MIB, Stopwatch, interleaved, median, ratio, tensor_bytes
+
+STEP_TARGET = ("<=", 1.05)
+MCLOS_TARGET = ("<=", 1.15)
+
+
+# --- 1. step overhead --------------------------------------------------------------------------
+
+def step_overhead(ctx: Context) -> dict:
+    s, ft, rt = ctx.sizes, ctx.ft, ctx.runtime
+    n = s.iterations
+    batches = ft.train_set.batches(ft.batch, max(1, min(n, len(ft.train_set) // ft.batch)), rt)
+    bare = BareLoop(ft.model, batches, ft.cfg, rt)
+    samples = interleaved({
+        "ifss": lambda: engine_step_seconds(ft, n),
+        "bare": lambda: bare.seconds_per_step(n),
+    }, s.warmup, s.repeats)
+    ifss_s, bare_s = samples.median("ifss"), samples.median("bare")
+    ctx.train_step_s = ifss_s
+    sizes = ctx.model_sizes(iterations=n)
+    figures = {"step_overhead": figure(
+        ratio(ifss_s, bare_s), "ratio", target=STEP_TARGET, sizes=sizes, warmup=s.warmup,
+        repeats=s.repeats,
+        description="FT step through engine.train (everything included) / bare forward + "
+                    "cross-entropy + backward + SGD step of the same model on the same batches",
+        details={"ifss_step_s": ifss_s, "bare_step_s": bare_s,
+                 "ifss_images_per_s": ft.batch / ifss_s if ifss_s else None,
+                 "cpu_time_ratio": cpu_ratio(ctx, samples, "ifss", "bare"),
+                 "samples_s": samples.as_dict()},
+    )}
+    # The resume checkpoint (model + optimiser state, written every train.checkpoint_every
+    # iterations) is part of a real run but not of these few iterations: its amortised share.
+    from ifss import atomic
+    from ifss.config import TrainConfig
+
+    every = TrainConfig().checkpoint_every
+    path = ctx.work / "checkpoint-probe.pt"
+    with Stopwatch(rt.device) as sw:
+        atomic.torch_save({"model": ft.model.state_dict(),
+                           "optimizer": bare.optimizer.state_dict()}, path)
+    path.unlink(missing_ok=True)
+    figures["checkpoint_overhead"] = figure(
+        ratio(sw.seconds, every * ifss_s) if ifss_s else None, "fraction", sizes=sizes,
+        repeats=1, warmup=0,
+        description=f"time of one resume checkpoint (model + SGD state) / {every} ifss steps "
+                    "(train.checkpoint_every's default): its amortised share of a step",
+        details={"checkpoint_s": sw.seconds, "checkpoint_every": every,
+                 "checkpoint_mib": _state_mib(ft.model.state_dict(), bare.optimizer.state_dict())},
+    )
+    ft.model.zero_grad(set_to_none=True)
+    return figures
+
+
+def _state_mib(*states) -> float:
+    return sum(tensor_bytes(s) for s in states) / MIB
+
+
+# --- 2. method overhead ------------------------------------------------------------------------
+
+def _registry_methods() -> list[str]:
+    from ifss.methods.registry import METHODS
+
+    return list(METHODS)
+
+
+def _bank_bytes(method) -> int:
+    """Bytes of the buffers of the modules a method holds besides the models (memory banks)."""
+    total = 0
+    for key, value in vars(method).items():
+        if key != "old_model" and isinstance(value, torch.nn.Module):
+            total += sum(b.numel() * b.element_size() for b in value.buffers())
+    return total
+
+
+def method_overhead(ctx: Context) -> dict:
+    s, rt = ctx.sizes, ctx.runtime
+    names = list(ctx.methods) if ctx.methods is not None else _registry_methods()
+    if "FT" not in names:
+        names.insert(0, "FT")
+    if "MCLOS" not in names:
+        names.append("MCLOS")
+    table: dict[str, dict] = {}
+    setups: dict[str, Setup] = {"FT": ctx.ft}
+    table["FT"] = {"trains": True, "prepare_s": ctx.ft.prepare_s, "note": None}
+    registry = set(_registry_methods())
+    for name in names:
+        if name == "FT":
+            continue
+        if name not in registry:
+            table[name] = {"trains": None, "note": f"{name} is not in the method registry yet"}
+            continue
+        ctx.log(f"  method {name}: setting up")
+        try:
+            setup = build_setup(name, s, rt, ctx.root, ctx.work / name,
+                                iterations=s.method_iterations, base=ctx.base)
+        except Exception as err:  # noqa: BLE001 - a method under construction is a note
+            table[name] = {"trains": None, "note": f"setup failed ({error_line(err)})"}
+            continue
+        entry = {"prepare_s": setup.prepare_s, "note": None,
+                 "memory_filled": fill_memory(setup.method)}
+        try:
+            entry["trains"] = setup.trains()
+        except Exception as err:  # noqa: BLE001
+            entry.update(trains=None, note=f"param_groups failed ({error_line(err)})")
+        table[name] = entry
+        if entry["trains"]:
+            setups[name] = setup
+        else:
+            entry["state_mib"] = tensor_bytes(setup.method.state_dict()) / MIB
+            del setup
+    # Round-robin over every training method, FT included, so drift hits each alike. A method
+    # that fails while training is dropped (with its error) and the others go on.
+    n = s.method_iterations
+
+    def timer(name):
+        def run():
+            setup = setups[name]
+            if table[name].get("failed"):
+                return math.nan  # failed once: not run again
+            setup.reset()
+            try:
+                return engine_step_seconds(setup, n)
+            except Exception as err:  # noqa: BLE001
+                table[name].update(failed=True, note=f"training failed ({error_line(err)})")
+                return math.nan
+            finally:
+                setup.model.zero_grad(set_to_none=True)
+        return run
+
+    ctx.log(f"  timing {', '.join(setups)} ({s.method_warmup} + {s.method_repeats} rounds)")
+    samples = interleaved({name: timer(name) for name in setups}, s.method_warmup,
+                          s.method_repeats)
+    for name, values in samples.values.items():
+        ok = [v for v in values if math.isfinite(v)]
+        entry = table[name]
+        entry["step_s"] = median(ok) if len(ok) == len(values) else None
+        entry["samples_s"] = values
+        entry["cpu_s"] = samples.cpu_s[name]
+        entry["warmup_s"] = samples.warmup[name]
+        setup = setups[name]
+        entry["state_mib"] = tensor_bytes(setup.method.state_dict()) / MIB
+        entry["bank_mib"] = _bank_bytes(setup.method) / MIB
+    ft_s = table["FT"].get("step_s")
+    for name, entry in table.items():
+        if name == "FT" or not entry.get("trains"):
+            continue
+        ref = "PIFS" if name == "MCLOS" and table.get("PIFS", {}).get("step_s") else "FT"
+        entry["reference"] = ref
+        if name == "MCLOS" and ref == "FT" and not entry.get("note"):
+            entry["note"] = "PIFS has no step time: compared with FT, target not applied"
+        entry["ratio"] = ratio(entry.get("step_s"), table[ref].get("step_s"))
+        entry["vs_ft"] = ratio(entry.get("step_s"), ft_s)
+        if entry.get("step_s") is not None:
+            entry["cpu_time_ratio"] = cpu_ratio(ctx, samples, name, ref)
+    ctx.method_table = table
+    figures = {}
+    sizes = ctx.model_sizes(iterations=n, task=s.task, step=1, nshot=s.nshot)
+    for name, entry in table.items():
+        if name == "FT":
+            continue
+        key = f"method.{name}"
+        target = MCLOS_TARGET if name == "MCLOS" and entry.get("reference") == "PIFS" else None
+        if entry.get("trains"):
+            ref = entry["reference"]
+            figures[key] = figure(
+                entry["ratio"], "ratio", target=target, note=entry.get("note"), sizes=sizes,
+                warmup=s.method_warmup, repeats=s.method_repeats,
+                description=f"{name} step / {ref} step (engine.train, step 1)",
+                details={k: v for k, v in entry.items() if k != "note"})
+        elif entry.get("trains") is False:
+            figures[key] = figure(
+                entry["prepare_s"], "s", note=entry.get("note") or "no gradient step: prepare "
+                "time (imprinting etc.) instead of a step ratio", sizes=sizes, repeats=1,
+                warmup=0, description=f"{name}.prepare() on the few-shot set",
+                details={k: v for k, v in entry.items() if k != "note"})
+        else:
+            figures[key] = skipped("ratio", entry["note"], target=target, sizes=sizes,
+                                   description=f"{name} step / reference step")
+    for name in list(setups):
+        if name != "FT":
+            del setups[name]
+    gc.collect()
+    return figures
