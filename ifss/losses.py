@@ -31,13 +31,15 @@ def knowledge_distillation(
     new_logits: torch.Tensor, old_logits: torch.Tensor, temperature: float = 1.0,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KD of PIFS/LwF: -mean_pixels[(1/C_old) sum_c softmax(z_old/T)_c log softmax(z_new/T)_c] T^2.
+    """KD of PIFS/LwF: -mean_pixels[(1/C_old) sum_c softmax(z_old/T)_c log softmax(z_new)_c] T^2.
 
-    The new logits are narrowed to the old model's C_old channels before the softmax. The mean
-    over classes (not a sum) is the originals' convention; their KD weights (10) assume it.
+    The temperature softens the teacher only (research pifs_mclos_mib.md §2.2, the PIFS code's
+    `kd_alpha`); the student's logits are not divided. The new logits are narrowed to the old
+    model's C_old channels before the softmax. The mean over classes (not a sum) is the
+    originals' convention; their KD weights (10) assume it.
     """
     c_old = old_logits.shape[1]
-    log_p = F.log_softmax(new_logits[:, :c_old] / temperature, dim=1)
+    log_p = F.log_softmax(new_logits[:, :c_old], dim=1)
     q = F.softmax(old_logits / temperature, dim=1)
     per_pixel = -(q * log_p).mean(dim=1)
     return _masked_mean(per_pixel, mask) * temperature**2

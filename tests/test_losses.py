@@ -31,10 +31,13 @@ def test_segmentation_ce_ignores_void_and_handles_all_void():
 
 @pytest.mark.parametrize("T", [1.0, 2.0])
 def test_knowledge_distillation(T):
-    q = softmax([0.5 / T, 1.5 / T, 0.0 / T])
-    p = softmax([1.0 / T, 2.0 / T, 0.5 / T])  # new logits narrowed to the 3 old channels
+    q = softmax([0.5 / T, 1.5 / T, 0.0 / T])  # the temperature softens the teacher only
+    p = softmax([1.0, 2.0, 0.5])  # new logits narrowed to the 3 old channels, not divided
     expected = -sum(qc * math.log(pc) for qc, pc in zip(q, p)) / 3 * T * T
     assert losses.knowledge_distillation(NEW, OLD, T).item() == pytest.approx(expected, rel=1e-5)
+    if T == 2.0:  # by hand: q = softmax(.25, .75, 0), p = softmax(1, 2, .5)
+        assert expected == pytest.approx(-(0.2918 * math.log(0.2312) + 0.4810 * math.log(0.6285)
+                                           + 0.2272 * math.log(0.1402)) / 3 * 4, rel=1e-3)
 
 
 def test_knowledge_distillation_mask():
