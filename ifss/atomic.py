@@ -1,26 +1,74 @@
-"""Atomic file writes: a reader (or Snakemake) never sees a half-written file under the final name."""
+"""Atomic file writes: a reader (or Snakemake) never sees a half-written file under the final name.
+
+A write that the operating system refuses (disk full, read-only folder, a file where a folder
+should be) leaves neither its temporary file nor anything under the final name, and becomes an
+IfssError: one sentence naming the file and the fix.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from ifss.errors import IfssError
+
+# errors that can only come from writing, whichever file the OS names (often none)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def os_error_message(err: OSError, path: str | Path | None = None,
+                     action: str | None = None) -> str:
+    """One sentence for an operating-system failure on `path` (default: the file `err` names);
+    `action` defaults to "cannot write" for errors only writes have, else "cannot access"."""
+    where = path if path is not None else (err.filename or "a file")
+    reason = err.strerror or str(err)
+    code = err.errno
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = ("free some space (or choose another --out) and rerun the same command; a training "
+               "run resumes from its last resume.pt")
+    elif code == errno.EROFS:
+        fix = "choose an output folder on a writable file system (--out)"
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = "make the folder writable for you or choose another output folder (--out)"
+    elif code in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        fix = "a file or folder is in the way: move it or choose another output path (--out)"
+    else:
+        fix = "check the path and the disk, then rerun the same command"
+    if action is None:
+        action = "cannot write" if code in _WRITE_ERRNOS else "cannot access"
+    return f"{action} {where}: {reason[:1].lower()}{reason[1:]}; {fix}"
+
+
+def _ours(err: OSError, *paths: Path) -> bool:
+    """Whether `err` is about writing one of `paths` (not a file the caller's block reads)."""
+    return (err.errno in _WRITE_ERRNOS or err.filename is None
+            or str(err.filename) in {str(p) for p in paths})
 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    The temporary file is removed whatever happens; an OSError of the write is an IfssError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise IfssError(os_error_message(err, path, "cannot write")) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
         os.replace(tmp, path)
+    except OSError as err:
+        if not _ours(err, path, Path(tmp), path.parent):
+            raise
+        raise IfssError(os_error_message(err, path, "cannot write")) from None
     finally:
-        if os.path.exists(tmp):
+        with suppress(OSError):
             os.unlink(tmp)
 
 
@@ -42,5 +90,23 @@ def write_json(path: str | Path, obj) -> None:
 def torch_save(obj, path: str | Path) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file: a full disk is then an OSError (ENOSPC), not torch's opaque
+    # "unexpected pos" RuntimeError from its own writer
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:  # torch's writer fails again on closing the archive:
+            cause = _os_error_within(err)  # the OSError of the write is the one to report
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def _os_error_within(err: BaseException) -> OSError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

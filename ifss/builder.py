@@ -5,7 +5,12 @@ build through here, so a model is always built and loaded the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +70,46 @@ def resolve(cfg: RunConfig, training: bool = True) -> ResolvedRun:
     return run
 
 
+def load_failure(err: BaseException, path: str | Path | None = None) -> str:
+    """Why torch.load (weights only) of `path` failed, in a clause: torch's own messages run to
+    paragraphs, and on a file that is not torch's zip archive they say nothing useful."""
+    text = str(err)
+    code = re.search(r"unsupported GLOBAL ([\w.]+)", text, re.IGNORECASE)
+    if code:
+        return f"it holds pickled code ({code.group(1)}), which is never run"
+    if path is not None and Path(path).is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head:
+            return "it is empty"
+        if head != b"PK\x03\x04":
+            return "it is not a file written by torch.save"
+        if not zipfile.is_zipfile(path):
+            return "it is truncated or corrupt"
+    if isinstance(err, EOFError) or "central directory" in text or "unexpected pos" in text:
+        return "it is truncated or corrupt"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it is not a file written by torch.save"
+    if isinstance(err, OSError):
+        return (err.strerror or text).lower()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        lines = lines[1:]  # torch's first line only names the class
+    first = lines[0] if lines else type(err).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise IfssError(f"checkpoint {path} is a folder; give the model.pt inside it")
     if not path.is_file():
         raise IfssError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise IfssError(f"checkpoint {path} cannot be read ({err})") from None
+        raise IfssError(f"checkpoint {path} cannot be read ({load_failure(err, path)}); give the "
+                        "model.pt of a finished run") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise IfssError(f"checkpoint {path} is not an ifss model.pt (no model/meta entries)")
     return ckpt
@@ -167,3 +204,45 @@ def model_from_checkpoint(path: str | Path, overrides: dict | None = None):
     model = run.model(state=ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return run, model, ckpt
+
+
+# Keys of the resolved config that a resume.pt need not match: they change how a run is carried
+# out (device, memory layout, loader processes, logging, checkpoint spacing) or what happens after
+# training (evaluation), not the state training reaches. Everything else must match: the task,
+# the method and its params, the data, model and training settings, the seed, the label, and the
+# previous checkpoint, compared by content (sha256), so a moved results tree still resumes.
+RESUME_FREE_KEYS = ("train.checkpoint_every", "train.log_every", "train.device",
+                    "train.channels_last", "data.workers", "eval.")
+_SECTIONS = ("data", "model", "train", "eval", "params")
+
+
+def made_for(cfg: RunConfig) -> dict:
+    """What a resume checkpoint of a run with `cfg` (resolved) is made for, as dotted keys
+    (ifss.engine keeps it in resume.pt and compares it with the rerun's)."""
+    flat = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if key in _SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    flat = {k: v for k, v in flat.items() if not k.startswith(RESUME_FREE_KEYS)}
+    flat["previous"] = _file_identity(cfg.previous) if cfg.previous else ""
+    return json.loads(json.dumps(flat, sort_keys=True))  # tuples -> lists, as stored
+
+
+def _file_identity(path: str) -> str:
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"missing:{path}"
+    return "sha256:" + _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:  # size, mtime: the cache key only
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

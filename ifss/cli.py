@@ -51,7 +51,7 @@ def _splits(args) -> None:
     record = get_dataset(args.dataset)
     layout = layout_for(args.dataset, args.root)
     layout.check()
-    write_index(args.out, layout, "train", record.label_space)
+    write_index(args.out, layout, "train", record.label_space, dataset=args.dataset)
 
 
 def _download(args) -> None:
@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except IfssError as err:
         print(f"ifss: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused a file (full, read-only, in the way)
+        if err.filename is None:
+            raise  # not about a file (a network error, say): keep the whole story
+        from ifss.atomic import os_error_message
+
+        print(f"ifss: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ifss: interrupted", file=sys.stderr)

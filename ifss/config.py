@@ -2,11 +2,14 @@
 
 Overrides are dotted keys (``train.lr=0.001``); an unknown key is an error that names it. Values
 that other values determine (the ASPP test pooling window) are resolved once, explicitly, and the
-resolved config is what a run saves.
+resolved config is what a run saves. Every section checks the domain of its keys when it is
+constructed (`from_dict` and direct construction alike), torch-free, so a bad value is one sentence
+naming the dotted key before anything is built or written.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +19,87 @@ from typing import Any
 
 import yaml
 
+from ifss.data.fewshot import check_split, check_stride
 from ifss.errors import IfssError, closest, unknown
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "constant_poly", "warmup_poly", "constant")
 WARMUP_SCHEDULES = ("constant_poly", "warmup_poly")
+# The names the model builders accept (ifss.models keeps the builders; tests hold the two equal),
+# here so that a run config is checked without importing torch.
+ARCHITECTURE_NAMES = ("deeplabv3", "pspnet")
+BACKBONE_NAMES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101")
+NORM_NAMES = ("bn", "iabn", "brn")
+ACTIVATION_NAMES = ("relu", "leaky_relu", "identity")
+OUTPUT_STRIDES = (8, 16)
+SEED_LIMIT = 2**32  # numpy's seeds are 0 .. 2**32 - 1
+
+
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise IfssError(message)
+
+
+def _check_finite(section, prefix: str) -> None:
+    """Every float key of `section` is a finite number (YAML reads .inf and .nan as floats)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value),
+                   f"{prefix}{f.name}={value} must be a finite number; set a real value")
+
+
+def _check_min(section, prefix: str, key: str, low: int, fix: str) -> None:
+    value = getattr(section, key)
+    _check(value >= low, f"{prefix}{key}={value} must be >= {low}; {fix}")
+
+
+def check_data_config(data: "DataConfig") -> None:
+    """The domain of each numeric data key; IfssError names the first bad one."""
+    _check_finite(data, "data.")
+    _check_min(data, "data.", "batch_size", 1, "set the number of images per training batch")
+    _check_min(data, "data.", "crop_size", 1, "set the side of the training crop in pixels")
+    check_stride(data.fewshot_stride)
+    _check_min(data, "data.", "workers", 0, "use 0 to load data in the training process")
+    _check(data.scale_min > 0,
+           f"data.scale_min={data.scale_min} must be > 0; set the smallest random rescaling "
+           "factor, such as 0.5")
+    _check(data.scale_min <= data.scale_max,
+           f"data.scale_min={data.scale_min} exceeds data.scale_max={data.scale_max}; the random "
+           "rescaling factor is drawn from [scale_min, scale_max], so set scale_min <= scale_max")
+
+
+def check_model_config(model: "ModelConfig") -> None:
+    """The names and numeric domains of the model keys; IfssError names the first bad one."""
+    _check_finite(model, "model.")
+    if model.arch not in ARCHITECTURE_NAMES:
+        raise unknown("architecture", model.arch, ARCHITECTURE_NAMES, "in model.arch")
+    for key, valid in (("backbone", BACKBONE_NAMES), ("norm", NORM_NAMES),
+                       ("activation", ACTIVATION_NAMES)):
+        value = getattr(model, key)
+        _check(value in valid,
+               f"model.{key}={value!r} is not known; valid values: {', '.join(valid)}")
+    _check(model.output_stride in OUTPUT_STRIDES,
+           f"model.output_stride={model.output_stride!r} is not supported; valid values: "
+           f"{', '.join(map(str, OUTPUT_STRIDES))}")
+    _check_min(model, "model.", "head_channels", 1, "set the head's width, such as 256")
+    _check_min(model, "model.", "pooling_size", 0,
+               "use 0 for crop_size // output_stride, or a positive pooling window")
+    bins = model.psp_bins
+    _check(bool(bins) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+                              for b in bins),
+           f"model.psp_bins={bins!r} must be a non-empty list of positive integers, such as "
+           "[1, 2, 3, 6]")
+    _check(0 <= model.dropout < 1,
+           f"model.dropout={model.dropout} must be in [0, 1); use 0 for no dropout")
 
 
 @dataclass
@@ -35,6 +114,9 @@ class DataConfig:
     batch_size: int = 16
     workers: int = 0
 
+    def __post_init__(self):
+        check_data_config(self)
+
 
 @dataclass
 class ModelConfig:
@@ -42,7 +124,7 @@ class ModelConfig:
     backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
     output_stride: int = 8  # 16 or 8 (the papers: 16; 8 keeps 64 px synthetic objects visible)
     dilate_first_block: bool = False  # True: the InPlace-ABN/PIFS ResNets' dilation rule
-    norm: str = "bn"  # bn | iabn (needs inplace-abn)
+    norm: str = "bn"  # bn | iabn (needs inplace-abn) | brn (batch renorm)
     activation: str = "relu"  # relu | leaky_relu (InPlace-ABN checkpoints use leaky_relu 0.01)
     head_channels: int = 64  # ASPP width (256 in the papers); PSPNet's bottleneck (512)
     psp_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PSPNet pyramid bins
@@ -51,18 +133,21 @@ class ModelConfig:
     pooling_size: int = 0  # test-time pooling window; 0 = crop_size // output_stride
     pretrained: str = ""  # ImageNet weights file for the body ('' = random init)
 
-
-def _number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise IfssError(message)
+    def __post_init__(self):
+        check_model_config(self)
 
 
 def check_train_config(train: "TrainConfig") -> None:
-    """The domain of each optimiser, schedule and clipping key; IfssError names the first bad."""
+    """The domain of each optimiser, schedule, length and clipping key; IfssError names the first
+    bad one."""
+    _check_finite(train, "train.")
+    _check(train.iterations >= -1,
+           f"train.iterations={train.iterations} must be >= 0, or -1 to train for train.epochs; "
+           "set an iteration count or -1")
+    _check_min(train, "train.", "epochs", 0, "set the number of passes over the training images")
+    _check_min(train, "train.", "checkpoint_every", 0,
+               "set the iterations between resume checkpoints, or 0 for none")
+    _check_min(train, "train.", "log_every", 1, "set the iterations between log lines")
     if train.optimizer not in OPTIMIZERS:
         raise unknown("optimizer", train.optimizer, OPTIMIZERS, "in train.optimizer")
     if train.schedule not in SCHEDULES:
@@ -87,7 +172,7 @@ def check_train_config(train: "TrainConfig") -> None:
         value = getattr(train, key)
         _check(value >= 0, f"train.{key}={value} must be >= 0; use 0 to freeze the group")
     for name, value in train.lr_mult.items():
-        _check(_number(value) and value >= 0,
+        _check(_finite(value) and value >= 0,
                f"train.lr_mult.{name}={value!r} must be a number >= 0; use 0 to freeze the group")
     _check(train.schedule not in WARMUP_SCHEDULES or train.iterations <= 0
            or train.warmup_iterations <= train.iterations,
@@ -129,6 +214,20 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 16
 
+    def __post_init__(self):
+        _check_min(self, "eval.", "batch_size", 1, "set the number of images per evaluation batch")
+
+
+def check_run_config(cfg: "RunConfig") -> None:
+    """The top-level numeric keys, and nshot against the few-shot stride where splits use it."""
+    _check_min(cfg, "", "step", 0, "use 0 for the base step and k >= 1 for incremental step k")
+    _check(0 <= cfg.seed < SEED_LIMIT,
+           f"seed={cfg.seed} must be in [0, 2**32); set a non-negative seed such as 42")
+    # split `ishot` takes images [ishot * stride, ishot * stride + nshot) of each class's list
+    # (ifss.data.fewshot); the stride matters only at incremental steps without PIFS's lists
+    uses_stride = cfg.step > 0 and not cfg.data.fewshot_lists
+    check_split(cfg.nshot, cfg.ishot, cfg.data.fewshot_stride if uses_stride else None)
+
 
 @dataclass
 class RunConfig:
@@ -146,6 +245,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     params: dict = field(default_factory=dict)  # the method's own hyper-parameters
+
+    def __post_init__(self):
+        check_run_config(self)
 
     def resolved(self) -> "RunConfig":
         """A copy with the derived values written out."""

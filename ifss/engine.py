@@ -6,10 +6,14 @@ gradient clipping from its TrainConfig (ifss.optim), autocast on CUDA, DDP when 
 distributed, the method's hooks, TensorBoard scalars for every named loss term, and a resume
 checkpoint written atomically every `checkpoint_every` iterations (model, the method's own
 modules and state, optimiser, schedule, RNG, phase and iteration) from which a rerun continues.
+A resume checkpoint records what it was made for (ifss.builder.made_for: the resolved config
+minus the keys that may change, and the previous checkpoint's content) and is used only by a run
+that matches.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -25,12 +29,14 @@ from tqdm import tqdm
 
 from ifss import optim
 from ifss.atomic import torch_save
+from ifss.builder import load_failure, made_for
 from ifss.config import RunConfig, TrainConfig
 from ifss.data.batches import ResumableBatches
 from ifss.data.segmentation import SegmentationSet, pad_collate
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
 from ifss.metrics import ConfusionMatrix, summarize
+from ifss.models.state_fit import state_misfit
 
 log = logging.getLogger("ifss")
 RESUME_FILE = "resume.pt"
@@ -111,7 +117,7 @@ def train(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig, ru
     """Train `model` (and the method's own modules) in place through the main phase and then
     `extra_phases`; returns the number of iterations of the main phase."""
     phases = [main_phase(model, method, dataset, cfg, runtime), *extra_phases]
-    resume = _load_resume(run_dir / RESUME_FILE, runtime, [p.name for p in phases])
+    resume = _load_resume(run_dir / RESUME_FILE, runtime, [p.name for p in phases], cfg)
     for index, phase in enumerate(phases):
         if resume is not None and index < resume["phase_index"]:
             continue  # finished before the kill: its result is in the resume state
@@ -177,7 +183,7 @@ def _run_phase(phase: Phase, index: int, model, method, cfg: RunConfig, runtime:
         if runtime.is_main and cfg.train.checkpoint_every and it % cfg.train.checkpoint_every == 0 \
                 and it < total:
             _save_resume(run_dir / RESUME_FILE, index, phase, it, model, method, optimizer,
-                         scheduler, scaler, runtime)
+                         scheduler, scaler, runtime, cfg)
     bar.close()
 
 
@@ -226,9 +232,34 @@ def _set_rng_state(state: dict, runtime: Runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
+def _show(value) -> str:
+    if isinstance(value, str):
+        if value.startswith("sha256:"):
+            return f"sha256:{value[7:19]}"
+        return value or "''"
+    return json.dumps(value)
+
+
+def _check_made_for(state: dict, path: Path, cfg: RunConfig) -> None:
+    fix = f"delete {path} to start afresh, or rerun with the old settings"
+    if not isinstance(state.get("made_for"), str):
+        raise IfssError(f"{path} does not record the settings it was made for (an older ifss "
+                        f"wrote it); delete {path} to start afresh")
+    have, want = json.loads(state["made_for"]), made_for(cfg)
+    unset = object()
+    diffs = [f"{key} {_show(have.get(key, '(unset)'))} -> {_show(want.get(key, '(unset)'))}"
+             for key in sorted(set(have) | set(want))
+             if have.get(key, unset) != want.get(key, unset)]
+    if diffs:
+        more = f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        raise IfssError(f"{path} was left by a run with other settings "
+                        f"({'; '.join(diffs[:6])}{more}); {fix}")
+
+
 def _save_resume(path, index, phase, it, model, method, optimizer, scheduler, scaler,
-                 runtime) -> None:
+                 runtime, cfg: RunConfig) -> None:
     torch_save({
+        "made_for": json.dumps(made_for(cfg), sort_keys=True),
         "phase": phase.name,
         "phase_index": index,
         "iteration": it,
@@ -243,10 +274,52 @@ def _save_resume(path, index, phase, it, model, method, optimizer, scheduler, sc
     }, path)
 
 
-def _load_resume(path: Path, runtime: Runtime, phases: list[str]) -> dict | None:
+def _read_resume(path: Path, map_location, mmap: bool = False) -> dict:
+    """resume.pt's contents (weights only: pickled code is refused, never run); a file that
+    cannot be read is one sentence naming it."""
+    try:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if not (mmap and "mmap can only be used" in str(err)):
+                raise
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever torch raises, the fix is the same
+        raise IfssError(f"{path} cannot be read ({load_failure(err, path)}); delete {path} to "
+                        "start afresh") from None
+    if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+        raise IfssError(f"{path} is not a resume checkpoint of ifss (no iteration entry); "
+                        f"delete {path} to start afresh")
+    return state
+
+
+def check_resume(path: Path, cfg: RunConfig, model: nn.Module | None = None) -> None:
+    """Refuse, before the run writes anything, a resume.pt that cannot be read, was made for
+    other settings or does not fit `model` (memory-mapped: the weights themselves are not read)."""
+    if path.is_file():
+        state = _read_resume(path, "cpu", mmap=True)
+        _check_made_for(state, path, cfg)
+        if model is not None:
+            _check_fit(state, path, model)
+
+
+def _check_fit(state: dict, path: Path, model: nn.Module) -> None:
+    saved = state.get("model") if isinstance(state.get("model"), dict) else {}
+    misfit = state_misfit(model.state_dict(), saved, lambda key: False)
+    if misfit:
+        raise IfssError(f"{path} does not fit this run's model ({misfit}); delete {path} to "
+                        "start afresh")
+
+
+def _load_resume(path: Path, runtime: Runtime, phases: list[str],
+                 cfg: RunConfig | None = None) -> dict | None:
+    """The resume state in `path` (None without one), checked against what this run is: made
+    for `cfg` (when given) and written in one of its `phases`."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=runtime.device, weights_only=True)
+    state = _read_resume(path, runtime.device)
+    if cfg is not None:
+        _check_made_for(state, path, cfg)
     if state.get("phase", MAIN) not in phases:
         raise IfssError(f"{path} was written in phase {state.get('phase')!r}, which this run does "
                         f"not have (phases: {', '.join(phases)}); delete it to start afresh")
@@ -256,19 +329,25 @@ def _load_resume(path: Path, runtime: Runtime, phases: list[str]) -> dict | None
 
 
 def _restore(state, model, method, optimizer, scheduler, scaler, phase, runtime) -> int:
-    model.load_state_dict(state["model"])
-    modules = method.modules()
-    for name, module_state in state.get("modules", {}).items():
-        modules[name].load_state_dict(module_state)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    method.load_state_dict(state["method"])
-    _set_rng_state({k: v.cpu() for k, v in state["rng"].items()}, runtime)
-    if phase.rng is not None and state.get("batch_rng") is not None:
-        phase.rng.set_state(state["batch_rng"].cpu())
+    path = state["path"]
+    _check_fit(state, path, model)
+    try:
+        model.load_state_dict(state["model"])
+        modules = method.modules()
+        for name, module_state in state.get("modules", {}).items():
+            modules[name].load_state_dict(module_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        method.load_state_dict(state["method"])
+        _set_rng_state({k: v.cpu() for k, v in state["rng"].items()}, runtime)
+        if phase.rng is not None and state.get("batch_rng") is not None:
+            phase.rng.set_state(state["batch_rng"].cpu())
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        raise IfssError(f"{path} does not fit this run ({load_failure(err)}); delete {path} to "
+                        "start afresh") from None
     where = "" if phase.name == MAIN else f" of phase {phase.name!r}"
-    log.info("resumed from %s at iteration %d%s", state["path"], state["iteration"], where)
+    log.info("resumed from %s at iteration %d%s", path, state["iteration"], where)
     return state["iteration"]
 
 

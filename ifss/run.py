@@ -2,11 +2,15 @@
 
 The run directory gets model.pt, config.yaml, log.txt, tb/ and, last, metrics.json; a stale
 metrics.json is removed first, so a directory only looks complete once the run has finished.
+Every input (config, previous checkpoint, dataset, a resume.pt left by a killed run, the run
+directory's place) is checked before the first write to the run directory, so a bad rerun leaves
+a finished run exactly as it was.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -18,10 +22,11 @@ import ifss
 from ifss import atomic, engine
 from ifss.builder import (ResolvedRun, build_method, build_step_models, model_from_checkpoint,
                           resolve)
-from ifss.config import RunConfig, dump_yaml, to_dict
+from ifss.config import DataConfig, RunConfig, dump_yaml, to_dict
 from ifss.data.build import build_step_data
 from ifss.data.layout import layout_for
 from ifss.distributed import Runtime, setup, teardown
+from ifss.errors import IfssError
 from ifss.models import convert_sync_norm
 from ifss.tasks import Task
 
@@ -39,20 +44,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _Held(logging.Handler):
+    """Keeps the records logged before the run directory may be written, for its log.txt."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @contextmanager
-def run_logging(run_dir: Path, runtime: Runtime):
-    """Log to stderr and run_dir/log.txt (main process only)."""
+def run_logging(runtime: Runtime):
+    """Log to stderr (main process only); yields `to_file(run_dir)`, which adds run_dir/log.txt,
+    with what was logged before, once the run directory may be written."""
     logger = logging.getLogger("ifss")
     logger.setLevel(logging.INFO)
-    handlers = []
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = []
+    held = _Held()
+
+    def add(handler):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+        handlers.append(handler)
+
+    def to_file(run_dir: Path) -> None:
+        if not runtime.is_main:
+            return
+        handler = logging.FileHandler(run_dir / "log.txt", mode="a")
+        handler.setFormatter(fmt)
+        for record in held.records:
+            handler.handle(record)
+        logger.removeHandler(held)
+        add(handler)
+
     if runtime.is_main:
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-        for handler in (logging.FileHandler(run_dir / "log.txt", mode="a"), logging.StreamHandler()):
-            handler.setFormatter(fmt)
-            logger.addHandler(handler)
-            handlers.append(handler)
+        add(logging.StreamHandler())
+        add(held)
     try:
-        yield
+        yield to_file
     finally:
         for handler in handlers:
             logger.removeHandler(handler)
@@ -60,14 +92,43 @@ def run_logging(run_dir: Path, runtime: Runtime):
 
 
 def ensure_dataset(cfg: RunConfig) -> None:
-    """The synthetic benchmark is made on first use; real datasets must be downloaded."""
+    """Real datasets must be downloaded. The synthetic benchmark is generated on first use only
+    at the default data.root, and says so; any other root must hold it already, so a typo in
+    data.root is refused instead of silently becoming a new dataset."""
     root = Path(cfg.data.root)
     if cfg.dataset == "synthetic" and not (root / "meta.json").is_file():
+        default = Path(DataConfig().root)
+        if root.resolve() != default.resolve():
+            raise IfssError(
+                f"data root {root} holds no synthetic dataset (no meta.json); make it with "
+                f"`ifss synth --out {root}` or correct data.root (only the default {default} "
+                "is generated on first use)")
         from ifss.data.synthetic import generate
 
-        log.info("generating the synthetic dataset in %s", root)
+        log.warning("data.root is the default %s and holds no dataset: generating the synthetic "
+                    "benchmark there (`ifss synth --out %s` with its defaults)", root, root)
         generate(root)
     layout_for(cfg.dataset, root).check()
+
+
+def check_run_dir(run_dir: Path, what: str = "run directory") -> None:
+    """The output folder can be made and written: not a file, not under a file, not read-only
+    (checked before anything is built; a failure at the first write is still one sentence)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise IfssError(f"{what} {run_dir} is a file; give --out a folder (or move the file "
+                        "away)")
+    existing = run_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IfssError(f"{what} {run_dir} cannot be made: {existing} is a file; give --out a "
+                        "path under a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise IfssError(f"{what} {run_dir} cannot be written: {existing} is on a read-only "
+                            "file system; give --out a folder on a writable one")
+        raise IfssError(f"{what} {run_dir} cannot be written: {existing} is not writable for "
+                        "you; make it writable or give --out another folder")
 
 
 def versions() -> dict:
@@ -122,23 +183,21 @@ def train_run(cfg: RunConfig, run_dir: str | Path) -> dict:
     """Train and evaluate one step; returns the metrics record."""
     run = resolve(cfg)
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
     runtime = setup(run.cfg.train.device, run.cfg.train.amp, run.cfg.train.channels_last)
     try:
-        if runtime.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "metrics.json").unlink(missing_ok=True)
-        with run_logging(run_dir, runtime):
-            return _train(run, run_dir, runtime)
+        with run_logging(runtime) as log_to_file:
+            return _train(run, run_dir, runtime, log_to_file)
     finally:
         teardown()
 
 
-def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime) -> dict:
+def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> dict:
     cfg = run.cfg
     started = time.time()
+    # -- every input, before the first write to run_dir ----------------------------------------
     if runtime.is_main:
         ensure_dataset(cfg)
-        atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
     if runtime.distributed:
         torch.distributed.barrier()
     log.info("%s %s %s step %d (nshot %d, ishot %d) on %s", cfg.method, cfg.dataset, cfg.task,
@@ -147,6 +206,7 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime) -> dict:
     data = build_step_data(cfg, run.task, image_labels="image_labels" in run.method_cls.needs)
     model, old_model, ckpt = build_step_models(run, runtime)
     method = build_method(run, runtime, model, ckpt)
+    engine.check_resume(run_dir / engine.RESUME_FILE, cfg, model)
     if runtime.distributed and runtime.device.type == "cuda":
         model = convert_sync_norm(model)  # keeps the activations NormAct carries
     model.to(runtime.device)
@@ -155,6 +215,14 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime) -> dict:
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     method.prepare(model, old_model, data)
+    # -- the run directory: a finished run's metrics.json goes first --------------------------
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        log_to_file(run_dir)
+        atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    if runtime.distributed:
+        torch.distributed.barrier()
     writer = None
     if runtime.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -191,6 +259,7 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
     run, model, ckpt = model_from_checkpoint(checkpoint, overrides)
     cfg = run.cfg
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, "output folder")
     runtime = setup(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     try:
         started = time.time()

@@ -18,9 +18,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class ResumableBatches:
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if num_samples == 0:
+            raise IfssError("this step has no training images; check nshot, ishot and the "
+                            "dataset's train id list")
         per_rank = num_samples // world
         if per_rank == 0:
-            raise IfssError(f"{num_samples} training images cannot be split over {world} processes")
+            raise IfssError(f"{num_samples} training images cannot be split over {world} "
+                            "processes; start fewer processes (torchrun --nproc_per_node) or "
+                            "train on more images")
         self.num_samples, self.seed, self.rank, self.world = num_samples, seed, rank, world
         self.batch_size = min(batch_size, per_rank)  # few-shot sets can be smaller than a batch
         self.per_epoch = per_rank // self.batch_size

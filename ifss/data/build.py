@@ -32,7 +32,12 @@ def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]
         lut = incremental.base_lut(task)
         ids = [i for i, cs in image_classes.items() if incremental.keeps_image_at_step0(cs, task)]
         if not ids:
-            raise IfssError(f"no train image of {cfg.dataset} holds only base classes of {task.name}")
+            raise IfssError(
+                f"none of the {len(image_classes)} train images of {cfg.dataset} in "
+                f"{cfg.data.root} holds only base classes of task {task.name}, so step 0 has "
+                "nothing to train on; check data.root and the task, and rebuild the class index "
+                "(data.class_index, or the cache in <data.root>/.ifss) if the labels changed"
+            )
         return [(i, lut) for i in ids]
     new = task.new_classes(cfg.step)
     if cfg.data.fewshot_lists:

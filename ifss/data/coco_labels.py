@@ -7,6 +7,9 @@
 
 Labels are uint8 PNGs: 0 background, 1..90 COCO category id, 255 void. Each is written under a
 temporary name and renamed, and existing labels are kept, so an interrupted run resumes.
+`out/annotations/.ifss-labels.json` says which source wrote them ({"source", "complete"}: written
+incomplete before the first label, complete after the id lists); converting into a folder that
+holds labels of another source is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ifss.data.prepare_files import find_folder, link_or_copy, progress, write_lines
+from ifss.data.prepare_files import (
+    MARKER, find_folder, link_or_copy, progress, write_lines, write_text_atomic,
+)
 from ifss.data.records import get_dataset
 from ifss.errors import IfssError, unknown
 
@@ -181,6 +186,43 @@ def _has_suffix(files: list[str], suffix: str) -> bool:
     return any(f.endswith(suffix) for f in files)
 
 
+LABEL_RECORD = "annotations/.ifss-labels.json"  # which source wrote the labels; complete last
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _has_labels(out: Path) -> bool:
+    return any(next((out / "annotations" / folder).glob("*.png"), None) is not None
+               for folder in COCO_SPLITS.values() if (out / "annotations" / folder).is_dir())
+
+
+def _check_label_source(out: Path, source: str) -> None:
+    """Refuse to write `source` labels into a folder that holds labels of another source.
+
+    Refused rather than reconverted: a researcher who converted COCO one way has results, class
+    indexes and step-0 models made from those labels, and overwriting them in place would change
+    the data under them (and, if the reconversion were interrupted, leave a mix of both sources);
+    `ifss download` refuses the same way. Deleting the labels or choosing a new --out is one
+    explicit step.
+    """
+    # labels of a download interrupted before this record existed: its marker names the source
+    record = _read_record(out / LABEL_RECORD) or _read_record(out / MARKER)
+    had = record.get("source") if record else None
+    if had == source or not _has_labels(out):
+        return
+    labels = out / "annotations"
+    what = (f"COCO labels converted from {had!r}" if had else
+            "COCO labels of an unrecorded source (converted by an older ifss, or not by ifss)")
+    raise IfssError(f"{labels} holds {what}, not from {source!r}; remove {labels} to convert "
+                    f"again from {source!r}, or convert into a new --out.")
+
+
 def prepare_coco(raw_dir: Path | str, out: Path | str, source: str = "instances",
                  workers: int = 1) -> Path:
     """Build the ifss COCO layout in `out` from extracted COCO 2017 files; returns `out`.
@@ -193,36 +235,51 @@ def prepare_coco(raw_dir: Path | str, out: Path | str, source: str = "instances"
     - source="stuffthingmaps": folders `train2017/`, `val2017/` of COCO-Stuff .png maps
       (stuffthingmaps_trainval2017.zip), mapped by `stuff_to_object_labels` (PIFS's way).
     Labels already written are kept, so an interrupted run resumes; `workers` > 1 converts in
-    that many processes.
+    that many processes. The id lists `split/{train,val}.txt` are written after every label, then
+    the label record is marked complete; labels of another source already in `out` are refused
+    (`_check_label_source`).
     """
     raw_dir, out = Path(raw_dir), Path(out)
     if source not in COCO_SOURCES:
         raise unknown("COCO label source", source, COCO_SOURCES)
+    _check_label_source(out, source)
+    found = {}  # every input is found before the first write
     for split, folder in COCO_SPLITS.items():
         image_dir = find_folder(raw_dir, f"COCO image folder {folder}/ of .jpg files (from "
                                 f"{folder}.zip)",
                                 lambda name, dirs, files: name == folder
                                 and _has_suffix(files, ".jpg"))
-        label_dir = out / "annotations" / folder
-        label_dir.mkdir(parents=True, exist_ok=True)
         if source == "instances":
             json_dir = find_folder(raw_dir, f"COCO instances_{folder}.json (from "
                                    "annotations_trainval2017.zip)",
                                    lambda name, dirs, files: f"instances_{folder}.json" in files)
-            json_path = json_dir / f"instances_{folder}.json"
-            images, anns = _load_instances(json_path)
-            ids = sorted(images)
-            jobs: list = [(anns.get(images[i][0], []), images[i][1], images[i][2],
-                           str(label_dir / f"{i}.png")) for i in ids]
-            fn, listed_in = _convert_instances, json_path
+            found[split] = (image_dir, json_dir / f"instances_{folder}.json")
         else:
             stuff_dir = find_folder(raw_dir, f"COCO-Stuff map folder {folder}/ of .png files "
                                     "(from stuffthingmaps_trainval2017.zip)",
                                     lambda name, dirs, files: name == folder
                                     and _has_suffix(files, ".png"))
-            ids = sorted(p.stem for p in stuff_dir.glob("*.png"))
-            jobs = [(str(stuff_dir / f"{i}.png"), str(label_dir / f"{i}.png")) for i in ids]
-            fn, listed_in = _convert_stuff, stuff_dir
+            found[split] = (image_dir, stuff_dir)
+    # the source first, marked incomplete: a resumed run cannot mix two sources, and a folder
+    # whose conversion was interrupted does not look finished
+    write_text_atomic(out / LABEL_RECORD, json.dumps({"source": source, "complete": False}) + "\n")
+
+    split_ids = {}
+    for split, folder in COCO_SPLITS.items():
+        image_dir, listed_in = found[split]
+        label_dir = out / "annotations" / folder
+        label_dir.mkdir(parents=True, exist_ok=True)
+        if source == "instances":
+            images, anns = _load_instances(listed_in)
+            ids = sorted(images)
+            jobs: list = [(anns.get(images[i][0], []), images[i][1], images[i][2],
+                           str(label_dir / f"{i}.png")) for i in ids]
+            fn = _convert_instances
+            del images, anns
+        else:
+            ids = sorted(p.stem for p in listed_in.glob("*.png"))
+            jobs = [(str(listed_in / f"{i}.png"), str(label_dir / f"{i}.png")) for i in ids]
+            fn = _convert_stuff
         if not ids:
             raise IfssError(f"No {folder} images listed in {listed_in}; extract it again.")
         jobs = [j for j in jobs if not Path(j[-1]).exists()]
@@ -236,5 +293,9 @@ def prepare_coco(raw_dir: Path | str, out: Path | str, source: str = "instances"
                                 f"{folder}.zip again.")
             link_or_copy(src, image_out / f"{i}.jpg")
         _run(fn, jobs, workers, f"coco {folder}")
+        del jobs
+        split_ids[split] = ids
+    for split, ids in split_ids.items():  # the lists after every label: readers need them
         write_lines(out / "split" / f"{split}.txt", ids)
+    write_text_atomic(out / LABEL_RECORD, json.dumps({"source": source, "complete": True}) + "\n")
     return out

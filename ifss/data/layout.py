@@ -32,7 +32,11 @@ class Layout:
         path = self.root / self.lists[split]
         if not path.is_file():
             raise IfssError(f"id list {path} is missing; {self.how_to_make}")
-        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise IfssError(f"id list {path} is empty; put one {split} image id a line in it, or "
+                            f"remake the dataset ({self.how_to_make})")
+        return ids
 
     def check(self) -> None:
         if not self.root.is_dir():

@@ -16,6 +16,7 @@ Layouts written (images and VOC labels are hard links, or symlinks across file s
     coco/images/{train2017,val2017}/<id>.jpg      <id> = the 12-digit COCO file stem
     coco/annotations/{train2017,val2017}/<id>.png 0 background, 1..90 COCO category id, 255 void
     coco/split/{train,val}.txt                    ids, sorted
+    coco/annotations/.ifss-labels.json            the label source; "complete" once lists exist
 
 Every output file is written under a temporary name and renamed, and existing outputs are kept,
 so an interrupted preparation resumes where it stopped. `fetch_dataset` writes a completion
@@ -35,7 +36,7 @@ from ifss.data.coco_labels import (
     COCO_STUFF_TO_OBJECT, coco_instance_label, prepare_coco, stuff_to_object_labels,
 )
 from ifss.data.prepare_files import (
-    find_folder, link_or_copy, progress, write_lines, write_text_atomic,
+    MARKER, find_folder, link_or_copy, progress, write_lines, write_text_atomic,
 )
 from ifss.data.records import get_dataset
 from ifss.download import download_file, file_hash, mirrored_url, safe_extract
@@ -45,8 +46,6 @@ __all__ = [
     "COCO_STUFF_TO_OBJECT", "UnverifiedDownloadWarning", "coco_instance_label", "fetch_dataset",
     "prepare_coco", "prepare_voc", "stuff_to_object_labels",
 ]
-
-MARKER = ".ifss-prepared.json"
 
 
 class UnverifiedDownloadWarning(UserWarning):

@@ -5,6 +5,7 @@
     write_text_atomic(path, text)       write under a temporary name, then rename
     write_lines(path, ids)              an id list, one a line, atomically
     progress(items, total, desc)        a tqdm bar on a terminal, else the items unchanged
+    MARKER                              the name of `fetch_dataset`'s record of a dataset folder
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ifss.errors import IfssError
+
+MARKER = ".ifss-prepared.json"  # `fetch_dataset`'s record in a prepared dataset folder
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ifss.config import ACTIVATION_NAMES
 from ifss.errors import IfssError
 
-ACTIVATIONS = ("relu", "leaky_relu", "identity")
+ACTIVATIONS = ACTIVATION_NAMES  # the config checks names from the same tuple
 LEAKY_SLOPE = 0.01
 
 NormBuilder = Callable[[int, str], nn.Module]

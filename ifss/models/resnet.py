@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ifss.config import OUTPUT_STRIDES
 from ifss.errors import IfssError
 from ifss.models.norm import NormFactory, activate, norm_factory
 
-OUTPUT_STRIDES = (8, 16)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
