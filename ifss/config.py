@@ -32,6 +32,10 @@ BACKBONE_NAMES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101"
 NORM_NAMES = ("bn", "iabn", "brn")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "identity")
 OUTPUT_STRIDES = (8, 16)
+# How a step's training images are chosen and labelled (ifss.data.incremental): `fewshot` (nshot
+# images per new class; test ignores unseen classes) or the continual-learning protocols of MiB /
+# SDR (every image with a new class; test counts unseen classes as background).
+PROTOCOLS = ("fewshot", "disjoint", "overlap", "sequential")
 SEED_LIMIT = 2**32  # numpy's seeds are 0 .. 2**32 - 1
 
 
@@ -65,6 +69,8 @@ def _check_min(section, prefix: str, key: str, low: int, fix: str) -> None:
 def check_data_config(data: "DataConfig") -> None:
     """The domain of each numeric data key; IfssError names the first bad one."""
     _check_finite(data, "data.")
+    if data.protocol not in PROTOCOLS:
+        raise unknown("protocol", data.protocol, PROTOCOLS, "in data.protocol")
     _check_min(data, "data.", "batch_size", 1, "set the number of images per training batch")
     _check_min(data, "data.", "crop_size", 1, "set the side of the training crop in pixels")
     check_stride(data.fewshot_stride)
@@ -105,6 +111,7 @@ def check_model_config(model: "ModelConfig") -> None:
 @dataclass
 class DataConfig:
     root: str = "data/synthetic"  # dataset root (VOC devkit layout, converted COCO layout)
+    protocol: str = "fewshot"  # fewshot | disjoint | overlap | sequential (PROTOCOLS above)
     class_index: str = ""  # JSON from `ifss splits` ('' = cached beside the data)
     fewshot_lists: str = ""  # optional TSV of per-class image ids (PIFS exact protocol)
     fewshot_stride: int = 20  # split `ishot` takes images [ishot*stride, ishot*stride+nshot)
@@ -225,7 +232,7 @@ def check_run_config(cfg: "RunConfig") -> None:
            f"seed={cfg.seed} must be in [0, 2**32); set a non-negative seed such as 42")
     # split `ishot` takes images [ishot * stride, ishot * stride + nshot) of each class's list
     # (ifss.data.fewshot); the stride matters only at incremental steps without PIFS's lists
-    uses_stride = cfg.step > 0 and not cfg.data.fewshot_lists
+    uses_stride = cfg.step > 0 and not cfg.data.fewshot_lists and cfg.data.protocol == "fewshot"
     check_split(cfg.nshot, cfg.ishot, cfg.data.fewshot_stride if uses_stride else None)
 
 

@@ -27,7 +27,10 @@ class StepData:
 
 
 def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]]):
-    """Step 0: every train image with only base classes. Step k: the few-shot images."""
+    """(image id, LUT) pairs of the step's training set under `data.protocol`: few-shot (step 0:
+    every train image with only base classes; step k: the few-shot images) or continual."""
+    if cfg.data.protocol != "fewshot":
+        return continual_samples(cfg, task, image_classes)
     if cfg.step == 0:
         lut = incremental.base_lut(task)
         ids = [i for i, cs in image_classes.items() if incremental.keeps_image_at_step0(cs, task)]
@@ -50,6 +53,20 @@ def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]
     return [(i, incremental.fewshot_lut(task, cfg.step, c)) for i, c in pairs]
 
 
+def continual_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]]):
+    """Every train image the protocol lets into the step, with the step's labels."""
+    protocol = cfg.data.protocol
+    ids = [i for i, cs in image_classes.items()
+           if incremental.keeps_image(cs, task, cfg.step, protocol)]
+    if not ids:
+        raise IfssError(
+            f"none of the {len(image_classes)} train images of {cfg.dataset} in {cfg.data.root} "
+            f"enters step {cfg.step} of task {task.name} under the {protocol} protocol (classes "
+            f"{list(task.steps[cfg.step])}); check data.root, the task and data.protocol")
+    lut = incremental.continual_lut(task, cfg.step, protocol)
+    return [(i, lut) for i in ids]
+
+
 def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
                     image_labels: bool = False) -> StepData:
     """The step's sets; `image_labels`: training samples also carry multi-hot image labels."""
@@ -66,7 +83,7 @@ def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
         with_image_labels=image_labels, **common,
     )
     plain = SegmentationSet(layout, "train", samples, transforms.test_transform(), **common)
-    lut = incremental.test_lut(task, cfg.step)
+    lut = incremental.test_lut(task, cfg.step, cfg.data.protocol)
     test = SegmentationSet(
         layout, "val", [(i, lut) for i in layout.ids("val")], transforms.test_transform(), **common
     )

@@ -1,8 +1,21 @@
 """Incremental filtering and label remapping, as pure functions on class ids and lookup tables.
 
 A lookup table (LUT) maps every 8-bit label value of the dataset's files to the run's label:
-the position of the class in `task.order(step)`, 255 (ignored) for classes the run must not see,
-and INVALID for values that are no class of the dataset at all (an error when met).
+the position of the class in `task.order(step)`, 255 (ignored) or 0 (background) for classes the
+run must not see, and INVALID for values that are no class of the dataset at all (an error when
+met).
+
+Protocols (`data.protocol`; research wilson_sdr_gfss_simformer.md §B.5 for the continual ones):
+
+    fewshot     step 0: images holding only base classes; step k: nshot images per new class
+                (ifss.data.fewshot); test: unseen classes ignored (255)
+    disjoint    step k: images with a pixel of a class of step k and no class of a later step;
+                labels of other steps' classes -> background
+    overlap     step k: images with a pixel of a class of step k (later classes may be there);
+                labels of other steps' classes -> background
+    sequential  disjoint's images, old classes keep their labels (ICCVW'19)
+    test (continual protocols): every val image, unseen classes -> background, the convention of
+                MiB and SDR, where "background" means "not a class learned so far"
 """
 from __future__ import annotations
 
@@ -22,20 +35,24 @@ def valid_label_values(label_space: str) -> tuple[int, ...]:
     return get_dataset(label_space).label_ids + (IGNORE,)
 
 
-def build_lut(label_space: str, keep: Iterable[int], order: tuple[int, ...]) -> np.ndarray:
-    """LUT: classes in `keep` -> index in `order`; other valid values -> 255; the rest INVALID."""
+def build_lut(label_space: str, keep: Iterable[int], order: tuple[int, ...],
+              others: int = IGNORE) -> np.ndarray:
+    """LUT: classes in `keep` -> index in `order`; other classes -> `others` (255 or background
+    0); void stays 255; the rest INVALID."""
     lut = np.full(256, INVALID, dtype=np.int16)
-    lut[list(valid_label_values(label_space))] = IGNORE
+    lut[list(valid_label_values(label_space))] = others
+    lut[IGNORE] = IGNORE
     position = {c: i for i, c in enumerate(order)}
     for c in keep:
         lut[c] = position[c]
     return lut
 
 
-def test_lut(task: Task, step: int) -> np.ndarray:
-    """Evaluation after `step`: seen classes keep their labels, unseen classes are ignored."""
+def test_lut(task: Task, step: int, protocol: str = "fewshot") -> np.ndarray:
+    """Evaluation after `step`: seen classes keep their labels; unseen classes are ignored
+    (fewshot) or background (the continual protocols)."""
     order = task.order(step)
-    return build_lut(task.label_space, order, order)
+    return build_lut(task.label_space, order, order, IGNORE if protocol == "fewshot" else 0)
 
 
 def base_lut(task: Task) -> np.ndarray:
@@ -54,6 +71,23 @@ def keeps_image_at_step0(image_classes: Iterable[int], task: Task) -> bool:
     """Step 0 drops every image that holds a class outside the step-0 set (PIFS protocol)."""
     allowed = set(task.order(0)) | {IGNORE}
     return set(image_classes) <= allowed
+
+
+def keeps_image(image_classes: Iterable[int], task: Task, step: int, protocol: str) -> bool:
+    """Whether an image enters step `step` under a continual protocol: it holds a pixel of a class
+    of that step and, unless `overlap`, no class of a later step."""
+    present = set(image_classes) - {0, IGNORE}
+    if not present & set(task.steps[step]):
+        return False
+    return protocol == "overlap" or present <= set(task.order(step))
+
+
+def continual_lut(task: Task, step: int, protocol: str) -> np.ndarray:
+    """Training labels of step `step`: the step's classes (and, `sequential`, the old ones) keep
+    their labels, every other class becomes background."""
+    order = task.order(step)
+    keep = order if protocol == "sequential" else (0,) + task.steps[step]
+    return build_lut(task.label_space, keep, order, others=0)
 
 
 def apply_lut(label: np.ndarray, lut: np.ndarray) -> np.ndarray:

@@ -115,6 +115,7 @@ def _voc_tasks() -> dict[str, Steps]:
     tasks["19-1"] = (ids[:19], (20,))
     tasks["10-10"] = (ids[:10], ids[10:])
     tasks["10-1"] = (ids[:10],) + _singles(ids[10:])
+    tasks["10-5-5"] = (ids[:10], ids[10:15], ids[15:])
     return tasks
 
 
