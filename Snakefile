@@ -7,7 +7,9 @@
 #   snakemake --workflow-profile workflow/profiles/slurm --configfile ...   # on SLURM
 #   snakemake ... results/tables/pifs_voc.csv                      # one table
 #   snakemake ... results/figures/mclos_vs_pifs/tsne.png           # one figure
+#   snakemake --cores all --configfile config/papers/sdr_voc.yaml  # SDR / MiB suite on VOC
 #   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
+#   snakemake ... results/runs/voc/15-1/overlap/MIB/step5/metrics.json     # one continual run
 #
 # The default config (beside this file) is read only when no --configfile is given, so a paper
 # config is never mixed with the demo's matrix (several --configfile files merge with each other).
@@ -28,6 +30,7 @@ wildcard_constraints:
     nshot=r"\d+",
     ishot=r"\d+",
     step=r"\d+",
+    protocol=r"disjoint|overlap|sequential",
     table=r"(?!.*_(?:runs|per_class)$)[A-Za-z0-9][A-Za-z0-9_.-]*",
     name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     figure=r"[A-Za-z0-9][A-Za-z0-9_.-]*",

@@ -246,3 +246,12 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:  # size, mtime: the cac
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def place(model: nn.Module, method, runtime: Runtime) -> None:
+    """The model and the method's own modules on the run's device (channels_last on CUDA)."""
+    model.to(runtime.device)
+    for module in method.modules().values():
+        module.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)

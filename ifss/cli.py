@@ -26,7 +26,8 @@ def default_run_dir(cfg) -> Path:
     from ifss.workflow.paths import run_dir
 
     name = cfg.label or cfg.method  # a variant's runs have their own folder, as in the workflow
-    return Path(run_dir(cfg.dataset, cfg.task, name, cfg.step, cfg.nshot, cfg.ishot))
+    return Path(run_dir(cfg.dataset, cfg.task, name, cfg.step, cfg.nshot, cfg.ishot,
+                        cfg.data.protocol))
 
 
 def _eval(args) -> None:

@@ -124,3 +124,148 @@ def info_nce(
         weight = weight & anchor_mask
     weight = weight.to(per_anchor.dtype)
     return (per_anchor * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def multilabel_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """LWF-MC's classification term (iCaRL's multi-class BCE, MiB's BCE with ignore index): per
+    pixel, sum_c BCE(sigmoid(z_c), [y = c]) over all C channels (background included), averaged
+    over the non-void pixels (zero if there are none). The MiB/SDR code averaged over every
+    pixel, void ones counting as zero; the denominator here is `segmentation_ce`'s."""
+    valid = labels != IGNORE
+    target = F.one_hot(labels.masked_fill(~valid, 0), logits.shape[1]).permute(0, 3, 1, 2)
+    per_pixel = F.binary_cross_entropy_with_logits(
+        logits, target.to(logits.dtype), reduction="none").sum(dim=1)
+    return _masked_mean(per_pixel, valid)
+
+
+def sigmoid_distillation(new_logits: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
+    """LWF-MC's distillation: per pixel, sum_{c < C_old} BCE(sigmoid(z_c), sigmoid(z_old_c)),
+    averaged over all pixels. The sum over the old classes is the originals' C_old * mean."""
+    c_old = old_logits.shape[1]
+    per_pixel = F.binary_cross_entropy_with_logits(
+        new_logits[:, :c_old], torch.sigmoid(old_logits), reduction="none").sum(dim=1)
+    return per_pixel.mean()
+
+
+def entropy_weighted_distillation(
+    new_logits: torch.Tensor, old_logits: torch.Tensor, labels: torch.Tensor,
+    entropy_scale: float = 1.0,
+) -> torch.Tensor:
+    """CIL's distillation (Klingner et al. 2020) on the pixels labelled background or void:
+
+        mean_{i: y_i in {0, void}} w_i * -sum_{c < C_old} q_ic log p_ic,
+        w_i = 1 + entropy_scale * H(q_i) / ln 2,
+
+    q = softmax(z_old) over the old model's C_old classes, p = softmax(z_new) over all C classes
+    (so new classes are pushed out of these pixels), H the entropy in nats (bits after / ln 2).
+    The mean divides by the number of those pixels, not by the sum of the weights (the original's
+    norm=False). Computed in float32."""
+    q = F.softmax(old_logits.float(), dim=1)
+    log_p = F.log_softmax(new_logits.float(), dim=1)[:, :old_logits.shape[1]]
+    weight = 1.0 + entropy_scale * torch.special.entr(q).sum(dim=1) / math.log(2.0)
+    per_pixel = -weight * (q * log_p).sum(dim=1)
+    return _masked_mean(per_pixel, (labels == 0) | (labels == IGNORE))
+
+
+# --- SDR (research wilson_sdr_gfss_simformer.md §B.2) -------------------------------------------
+# Feature maps are N x D x h x w (SDR: the body output); labels are N x h x w at the feature size
+# (ifss.memory.labels_at). A label outside [0, C) (void 255, or a class a term leaves out) belongs
+# to no class. Per-class statistics are one index_add over the pixels: no loop over classes and
+# no value read back to the host.
+
+
+def class_pixels(features: torch.Tensor, labels: torch.Tensor,
+                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P x D pixel features, P class indices), an index outside [0, C) becoming C ("none")."""
+    pixels = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    index = labels.reshape(-1).long()
+    return pixels, torch.where((index >= 0) & (index < num_classes), index, num_classes)
+
+
+def class_sums(features: torch.Tensor, labels: torch.Tensor,
+               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the sum of its pixels' features (C x D, differentiable) and their count (C)."""
+    pixels, index = class_pixels(features, labels, num_classes)
+    sums = pixels.new_zeros(num_classes + 1, pixels.shape[1]).index_add(0, index, pixels)
+    return sums[:num_classes], _class_counts(index, num_classes)[:num_classes]
+
+
+def _class_counts(index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixels per index 0..C (a fixed-size index_add: bincount sizes its output from the data,
+    a host sync on CUDA)."""
+    return index.new_zeros(num_classes + 1).index_add_(0, index, torch.ones_like(index))
+
+
+def _class_pixel_mse(features: torch.Tensor, labels: torch.Tensor,
+                     prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class c: the mean over its pixels of MSE(f_i, p_c) = ||f_i - p_c||^2 / D, and the
+    count of its pixels (C each)."""
+    c, d = prototypes.shape
+    pixels, index = class_pixels(features, labels, c)
+    padded = torch.cat([prototypes.detach().to(pixels.dtype), pixels.new_zeros(1, d)])
+    per_pixel = (pixels - padded[index]).pow(2).mean(1)
+    sums = per_pixel.new_zeros(c + 1).index_add(0, index, per_pixel)
+    counts = _class_counts(index, c)
+    return (sums / counts.clamp_min(1))[:c], counts[:c]
+
+
+def _mean_over_present(per_class: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    present = counts > 0
+    return (per_class * present).sum() / present.sum().clamp_min(1)
+
+
+def prototype_matching(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                       sumafter: bool = True) -> torch.Tensor:
+    """SDR's prototype matching over the classes of `prototypes` (C x D, not differentiated)
+    present in `labels` (the old classes' pixels). `sumafter`: the batch mean of each class
+    against its prototype, (1/|present|) sum_c MSE(mean_{i in c} f_i, p_c); otherwise the
+    per-pixel form sum_c mean_{i in c} MSE(f_i, p_c) (a sum over classes, as the original).
+    Zero when no class is present."""
+    if not sumafter:
+        per_class, counts = _class_pixel_mse(features, labels, prototypes)
+        return (per_class * (counts > 0)).sum()
+    sums, counts = class_sums(features, labels, prototypes.shape[0])
+    means = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
+    per_class = (means - prototypes.detach().to(means.dtype)).pow(2).mean(1)
+    return _mean_over_present(per_class, counts)
+
+
+def prototype_attraction(features: torch.Tensor, labels: torch.Tensor,
+                         prototypes: torch.Tensor) -> torch.Tensor:
+    """SDR's contrastive attraction: (1/|present|) sum_{c present} mean_{i in c} MSE(f_i, p_c)
+    over the classes of `prototypes` (C x D, not differentiated) present in `labels`."""
+    return _mean_over_present(*_class_pixel_mse(features, labels, prototypes))
+
+
+def class_mean_repulsion(features: torch.Tensor, labels: torch.Tensor,
+                         num_classes: int) -> torch.Tensor:
+    """SDR's contrastive repulsion: the mean of 1 / ||mean_c - mean_k|| over the ordered pairs
+    c != k of classes present in the batch (the diagonal, and coincident means, whose inverse
+    distance is infinite, dropped). Zero with fewer than two classes."""
+    sums, counts = class_sums(features, labels, num_classes)
+    means = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
+    # exact differences (no |a|^2 + |b|^2 - 2ab), so the diagonal is exactly zero
+    dist = torch.cdist(means, means, compute_mode="donot_use_mm_for_euclid_dist")
+    present = counts > 0
+    pair = present.unsqueeze(1) & present.unsqueeze(0) & (dist > 0)
+    pair &= ~torch.eye(num_classes, dtype=torch.bool, device=pair.device)
+    inverse = 1.0 / dist.masked_fill(~pair, 1.0)
+    return (inverse * pair).sum() / pair.sum().clamp_min(1)
+
+
+def feature_sparsity(features: torch.Tensor, labels: torch.Tensor,
+                     eps: float = 1e-15) -> torch.Tensor:
+    """SDR's feature sparsity (max_maskedforclass, exponential, ratio): each pixel's features are
+    divided by the largest feature value of its label in the batch (over channels and pixels;
+    every label value, void included, is a group of its own), f' = f / (max + eps), and
+
+        L = mean_pixels [ sum_j exp(f'_j) / (sum_j f'_j + eps) ],
+
+    zero when every pixel is background (the original then normalises nothing)."""
+    pixels = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    group = labels.reshape(-1).long().clamp(0, IGNORE)
+    peak = pixels.amax(1)
+    top = peak.new_zeros(IGNORE + 1).scatter_reduce(0, group, peak, "amax", include_self=False)
+    norm = pixels / (top[group] + eps).unsqueeze(1)
+    ratio = norm.exp().sum(1) / (norm.sum(1) + eps)
+    return ratio.mean() * (labels != 0).any()

@@ -21,7 +21,7 @@ import torch
 import ifss
 from ifss import atomic, engine
 from ifss.builder import (ResolvedRun, build_method, build_step_models, model_from_checkpoint,
-                          resolve)
+                          place, resolve)
 from ifss.config import DataConfig, RunConfig, dump_yaml, to_dict
 from ifss.data.build import build_step_data
 from ifss.data.layout import layout_for
@@ -209,11 +209,7 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
     engine.check_resume(run_dir / engine.RESUME_FILE, cfg, model)
     if runtime.distributed and runtime.device.type == "cuda":
         model = convert_sync_norm(model)  # keeps the activations NormAct carries
-    model.to(runtime.device)
-    for module in method.modules().values():
-        module.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    place(model, method, runtime)
     method.prepare(model, old_model, data)
     # -- the run directory: a finished run's metrics.json goes first --------------------------
     if runtime.is_main:

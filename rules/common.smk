@@ -52,8 +52,13 @@ if MATRIX.unregistered():
 # Output patterns of the rules (ifss/workflow/paths.py is the one definition of the layout).
 STEP0_DIR = paths.step0_dir("{dataset}", "{task}", "{base}")
 STEP_DIR = paths.step_dir("{dataset}", "{task}", "{method}", "{nshot}", "{ishot}", "{step}")
+CONTINUAL_STEP0_DIR = paths.continual_step0_dir("{dataset}", "{task}", "{protocol}", "{base}")
+CONTINUAL_STEP_DIR = paths.continual_step_dir(
+    "{dataset}", "{task}", "{protocol}", "{method}", "{step}"
+)
 TABLE_FILES = paths.table_files("{table}")
 FIGURE_FILES = paths.figure_files("{figure}")
+PER_STEP_FILES = paths.figure_files("{figure}", "per_step")
 
 
 # ----------------------------------------------------------------- data and weights rules
@@ -110,6 +115,29 @@ def step0_sets(w):
 
 
 @ifss_errors
+def continual_step0_inputs(w):
+    inputs = MATRIX.step0_inputs(w.dataset, w.task, w.base, w.protocol)
+    if "weights" in inputs:
+        inputs["weights"] = ancient(inputs["weights"])
+    return inputs
+
+
+@ifss_errors
+def continual_step0_sets(w):
+    return MATRIX.step0_sets(w.dataset, w.task, w.base, w.protocol)
+
+
+@ifss_errors
+def continual_step_inputs(w):
+    return MATRIX.continual_step_inputs(w.dataset, w.task, w.protocol, w.method, w.step)
+
+
+@ifss_errors
+def continual_step_sets(w):
+    return MATRIX.continual_step_sets(w.dataset, w.task, w.protocol, w.method, w.step)
+
+
+@ifss_errors
 def step_inputs(w):
     return MATRIX.step_inputs(w.dataset, w.task, w.method, w.nshot, w.ishot, w.step)
 
@@ -145,6 +173,16 @@ def figure_model_source(wildcards):
 @ifss_errors
 def figure_params(wildcards):
     return MATRIX.figure_params(wildcards.figure)
+
+
+@ifss_errors
+def per_step_inputs(wildcards):
+    return MATRIX.per_step_inputs(wildcards.figure)
+
+
+@ifss_errors
+def per_step_spec(wildcards):
+    return MATRIX.per_step_spec(wildcards.figure)
 
 
 # ----------------------------------------------------------------- bench rule

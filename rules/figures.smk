@@ -1,6 +1,8 @@
-# Figures: per `figures` entry, the qualitative comparison (image, ground truth, each run's
-# masks in the dataset palette) and a t-SNE of pixel embeddings, from the compared runs' model.pt
-# (ifss/figures.py does the work); both go into the `snakemake --report` HTML.
+# Figures: per `figures` entry of kind comparison, the qualitative comparison (image, ground
+# truth, each run's masks in the dataset palette) and a t-SNE of pixel embeddings, from the
+# compared runs' model.pt (ifss/figures.py does the work); per entry of kind per_step, the mIoU
+# of all classes after each step of a continual task, one line per method, from the metrics.json
+# of every step (ifss/continual_results.py). All go into the `snakemake --report` HTML.
 #
 # A figure reads its own copies of the models: few-shot models are temp() files, and once one
 # is deleted a figure rerun (say, after one compared method's settings change) would otherwise
@@ -48,3 +50,25 @@ rule figures:
         "../envs/ifss.yaml"
     script:
         "../workflow/scripts/figures.py"
+
+
+rule figure_per_step:
+    input:
+        metrics=per_step_inputs,
+    output:
+        plot=report(
+            PER_STEP_FILES["plot"],
+            caption="../workflow/report/per_step.rst",
+            category="Figures",
+            labels={"figure": "{figure}", "content": "mIoU per step"},
+        ),
+        csv=PER_STEP_FILES["csv"],
+    params:
+        spec=per_step_spec,
+    log:
+        "logs/figures/{figure}.per_step.log",
+    localrule: True
+    conda:
+        "../envs/ifss.yaml"
+    script:
+        "../workflow/scripts/per_step.py"

@@ -1,6 +1,7 @@
 # Tables: one local job per table reads only metrics.json files (the last step of each run) and
-# writes results/tables/<name>.csv (+ .md, _runs.csv, _per_class.csv); ifss/results.py does the
-# pandas work. Methods not registered yet are left out (one warning at start).
+# writes results/tables/<name>.csv (+ .md, _runs.csv, _per_class.csv); ifss/results.py (few-shot
+# tables) and ifss/continual_results.py (continual tables) do the pandas work. Methods not
+# registered yet are left out (one warning at start).
 
 
 rule table:
@@ -11,7 +12,7 @@ rule table:
             TABLE_FILES["csv"],
             caption="../workflow/report/table.rst",
             category="Tables",
-            labels={"table": "{table}", "content": "methods x setting x shot"},
+            labels={"table": "{table}", "content": "summary"},
         ),
         md=TABLE_FILES["md"],
         runs=report(

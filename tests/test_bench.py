@@ -11,7 +11,7 @@ import torch
 from ifss.bench import run_bench, sizes_for
 from ifss.bench import gpu, resources, throughput
 from ifss.bench.context import Context
-from ifss.bench.harness import MemorySet, build_setup, synthetic_root
+from ifss.bench.harness import MemorySet, build_setup, carried_state, synthetic_root
 from ifss.bench.report import figure
 from ifss.bench.timing import interleaved
 from ifss.cli import main
@@ -114,7 +114,60 @@ def test_method_table(quick):
     for name, entry in methods.items():
         assert entry["trains"] in (True, False, None), name
         if entry["trains"] is None:
-            assert entry["note"], name  # skipped with a note (e.g. DWI without its generator)
+            assert entry["note"], name  # skipped with a note (a method under construction)
+    # the methods that carry state from their own step 0 start step 1 from it (made in memory):
+    # timed like the others, no setup-failed note
+    for name in CARRYING:
+        entry = methods[name]
+        assert entry["carried_state"] is True and entry["step0_s"] > 0, name
+        assert not (entry["note"] or "").startswith("setup failed"), (name, entry["note"])
+        figure = rec["figures"][f"method.{name}"]
+        assert figure["value"] is not None and figure["value"] > 0, (name, figure["note"])
+        assert figure["details"]["carried_state"] is True, name
+        if name == "DWI":  # no gradient step: its prepare time (imprinting with the generator)
+            assert entry["trains"] is False and figure["unit"] == "s", name
+        else:
+            assert entry["trains"] is True and entry["step_s"] > 0, name
+            assert entry["reference"] == ("PIFS" if name == "MCLOS" else "FT"), name
+            assert entry["vs_ft"] > 0 and figure["unit"] == "ratio", name
+            if name != "MCLOS":
+                assert entry["note"] is None, (name, entry["note"])
+    for name in ("FT", "COS", "RT", "SPN", "PIFS", "WI", "MIB"):  # nothing carried to step 1
+        assert methods[name]["carried_state"] is False, name
+
+
+CARRYING = ("EWC", "RW", "PI", "SDR", "DWI", "MCLOS")  # state from their own step 0
+
+
+def test_carried_state_is_what_model_pt_holds(quick, tmp_path, one_thread):
+    """A method's own step 0, run in memory for an iteration, hands step 1 exactly the entries
+    model.pt carries (its final state, its modules' weights, on the CPU), at step 0's shapes."""
+    from ifss.tasks import get_task
+
+    out, _ = quick
+    sizes = sizes_for("cpu", True)
+    runtime = Runtime(torch.device("cpu"))
+    root = synthetic_root(out / ".cache", sizes)  # the quick run's data, reused
+    step0_classes = len(get_task("synthetic", sizes.task).order(0))
+
+    def made(name):
+        return carried_state(name, sizes, runtime, root, tmp_path / name, iterations=1)
+
+    ewc = made("EWC")
+    assert set(ewc) == {"method", "modules"} and ewc["modules"] == {}
+    state = ewc["method"]
+    assert (state["kind"], state["step"], state["final"]) == ("ewc", 0, True)
+    fisher = state["fisher"]
+    assert fisher["classifier.convs.0.weight"].shape[0] == step0_classes
+    assert "classifier.convs.1.weight" not in fisher  # step 0 has one classifier step
+    assert all(t.device.type == "cpu" for t in fisher.values())
+    sdr = made("SDR")["method"]
+    assert sdr["prototypes"].shape[0] == step0_classes and int(sdr["counts"].sum()) > 0
+    dwi = made("DWI")
+    assert dwi["method"] == {} and set(dwi["modules"]) == {"generator"}
+    assert dwi["modules"]["generator"]["a"].shape == (sizes.head_channels,)
+    for name in ("FT", "COS", "RT", "PIFS", "MIB"):  # nothing of their own to carry
+        assert made(name) is None, name
 
 
 @pytest.fixture

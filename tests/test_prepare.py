@@ -185,8 +185,8 @@ def test_fetch_with_wrong_checksum_fails_cleanly(server, tmp_path, monkeypatch):
 
 
 def test_fetch_rejects_bad_arguments(tmp_path):
-    with pytest.raises(IfssError, match="ade"):
-        fetch_dataset("ade", tmp_path)
+    with pytest.raises(IfssError, match="cityscapes"):
+        fetch_dataset("cityscapes", tmp_path)
     with pytest.raises(IfssError, match="panoptic"):
         fetch_dataset("coco", tmp_path, coco_source="panoptic")
     with pytest.raises(IfssError, match="mirror"):

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 PAPER_CONFIGS = [ROOT / "config" / "papers" / f"pifs_{name}.yaml" for name in ("voc", "coco")]
+SDR_CONFIGS = [ROOT / "config" / "papers" / f"sdr_{name}.yaml" for name in ("voc", "ade")]
+CSS_METHODS = ["FT", "LWF", "LWF-MC", "ILT", "EWC", "RW", "PI", "MIB", "CIL", "SDR"]
 
 # Methods of the paper tables not registered yet get a stand-in entry (with the step-0 run the
 # papers use), so the DAG has its full size whatever the state of ifss/methods/registry.py.
@@ -29,13 +31,37 @@ STAND_INS = [  # name, base, step0, step0_from
     ("AMP", "FT", False, None), ("SPN", "SPN", True, None), ("LWF", "FT", False, None),
     ("ILT", "FT", False, None), ("MIB", "FT", False, None), ("PIFS", "COS", False, None),
     ("MCLOS", "MCLOS", True, None),
+    # the continual suite (SDR, MiB): EWC, RW, PI and SDR train their own step 0
+    ("LWF-MC", "FT", False, None), ("CIL", "FT", False, None), ("EWC", "EWC", True, None),
+    ("RW", "RW", True, None), ("PI", "PI", True, None), ("SDR", "SDR", True, None),
 ]
+
+
+def stand_in_params() -> dict[str, dict]:
+    """The params the paper configs give each method: a stand-in accepts those (a dataclass of
+    them), so the configs' params checks pass before the method is registered."""
+    from ifss.workflow.include import expand_includes
+
+    params: dict[str, dict] = {}
+    for config in PAPER_CONFIGS + SDR_CONFIGS:
+        methods = expand_includes(yaml.safe_load(config.read_text()), ROOT)["methods"]
+        for name, entry in methods.items():
+            entry = entry or {}
+            for fragment in (entry, *(entry.get(stage) or {} for stage in ("step0", "continual"))):
+                values = fragment.get("params") or {}
+                params.setdefault(entry.get("method", name), {}).update(values)
+    return params
+
+
 WITH_STAND_INS = f"""
-import sys
+import dataclasses, sys
 from ifss.methods import registry
 for name, base, step0, step0_from in {STAND_INS!r}:
+    fields = [(k, type(v), dataclasses.field(default=v))
+              for k, v in {stand_in_params()!r}.get(name, {{}}).items()]
+    params = dataclasses.make_dataclass("StandIn" + name.replace("-", "_"), fields)
     registry.METHODS.setdefault(name, registry.MethodInfo(
-        name, "ifss.methods.stand_in", "StandIn", base, "linear", step0, step0_from))
+        name, "ifss.methods.stand_in", "StandIn", base, "linear", step0, step0_from, params))
 from snakemake.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -149,31 +175,44 @@ def test_schema_fills_defaults(tmp_path):
 
 
 def test_default_config_builds_every_table_kind(tmp_path):
-    """The demo: the whole registered family in one table (SS + MS, 2 shots), the MCLOS ablation
-    tables of variants over 3 splits, and the figures; each run planned once."""
+    """The demo: the whole registered few-shot family in one table (SS + MS, 2 shots), the MCLOS
+    ablation tables of variants over 3 splits, the figures, and the continual suite (15-5
+    disjoint and overlap, 15-1 disjoint) with its per-step figure; each run planned once."""
     from ifss.methods.registry import METHODS
 
     rc, out = snakemake(tmp_path, "-n", "--cores", "2")
     assert rc == 0, out[-2000:]
-    step0_jobs = re.findall(r"rule train_step0:\n(?:    .*\n)+", out)
-    assert step0_jobs and not any("threads:" in job for job in step0_jobs)  # 1: two at a time
+    for rule in ("train_step0", "train_continual_step0", "train_continual"):
+        jobs = re.findall(rf"rule {rule}:\n(?:    .*\n)+", out)
+        assert jobs and not any("threads:" in job for job in jobs), rule  # 1: two at a time
     counts = job_counts(out)
     cfg = default_config()
+    fewshot = [t for t in cfg["tables"].values() if t.get("kind", "fewshot") == "fewshot"]
     runs = {(task, method, nshot, ishot, step)
-            for table in cfg["tables"].values() for task in table["tasks"]
+            for table in fewshot for task in table["tasks"]
             for method in table["methods"] for nshot in table["shots"]
             for ishot in table["ishots"] for step in range(1, 6 if task.endswith("m") else 2)}
     assert counts["train_step"] == len(runs)
-    assert counts["table"] == len(cfg["tables"]) and counts["figures"] == len(cfg["figures"]) == 1
-    demo = cfg["tables"]["demo"]
-    assert set(demo["methods"]) == set(METHODS) - {"COS"}  # every method of the papers' tables
+    kinds = [f.get("kind", "comparison") for f in cfg["figures"].values()]
+    assert counts["table"] == len(cfg["tables"]) and counts["figures"] == kinds.count("comparison")
+    assert counts["figure_per_step"] == kinds.count("per_step") == 1
+    demo, css = cfg["tables"]["demo"], cfg["tables"]["demo_css"]
+    # every registered method is in a demo table: the papers' few-shot family or the CSS suite
+    assert set(METHODS) - {"COS"} <= set(demo["methods"]) | set(css["methods"])
+    assert css["methods"] == CSS_METHODS and css["kind"] == "continual"
+    assert css["protocols"] == {"15-5": ["disjoint", "overlap"], "15-1": ["disjoint"]}
+    registered = [m for m in CSS_METHODS if m in METHODS]
+    assert counts.get("train_continual", 0) == len(registered) * (1 + 1 + 5)
+    bases = {METHODS[m].base for m in registered}
+    assert counts.get("train_continual_step0", 0) == 2 * len(bases)  # disjoint, overlap
     assert set(demo["tasks"]) == {"5-0", "5-0m"} and len(demo["shots"]) >= 2
     variants = {name for name, m in cfg["methods"].items() if m and "method" in m}
     assert len(variants) == 5 and all(cfg["methods"][v]["method"] == "MCLOS" for v in variants)
-    ablations = [t for name, t in cfg["tables"].items() if name != "demo"]
+    ablations = [t for name, t in cfg["tables"].items() if name not in ("demo", "demo_css")]
     assert {m for t in ablations for m in t["methods"]} == variants | {"PIFS", "MCLOS"}
     assert all(len(t["ishots"]) >= 2 for t in ablations)
-    assert counts["train_step0"] == len({METHODS[m].base for m in demo["methods"]} | {"COS"})
+    assert counts["train_step0"] == len({METHODS[m].base for m in demo["methods"]
+                                         if m in METHODS} | {"COS"})
 
 
 def test_a_variant_runs_its_method_with_its_settings_from_the_shared_step0(tmp_path):
@@ -226,7 +265,7 @@ def test_paper_configs_dry_run_is_fast(tmp_path, record_property):
 
 def test_paper_configs_validate_with_the_real_registry(tmp_path):
     """Unregistered paper methods: one warning line, left out; everything else plans."""
-    for config in PAPER_CONFIGS:
+    for config in PAPER_CONFIGS + SDR_CONFIGS:
         rc, out = snakemake(tmp_path, "-n", "--quiet", "all", "--configfile", str(config))
         assert rc == 0, out[-3000:]
         warnings = [line for line in out.splitlines() if "not registered yet" in line]
@@ -250,15 +289,17 @@ def test_paper_params_match_registered_methods():
     from ifss.methods.registry import METHODS, get_method_class
     from ifss.workflow.include import expand_includes
 
-    for config in PAPER_CONFIGS:
+    for config in PAPER_CONFIGS + SDR_CONFIGS:
         methods = expand_includes(yaml.safe_load(config.read_text()), ROOT)["methods"]
         for name, method in methods.items():
             registered = (method or {}).get("method", name)
             if registered not in METHODS or not method:
                 continue
             fields = {f.name for f in dataclasses.fields(get_method_class(registered).Params)}
-            unknown = set(method.get("params") or {}) - fields
-            assert not unknown, f"{config.name}: methods.{name}.params {sorted(unknown)}"
+            for section in ("", "step0.", "fewshot.", "continual."):
+                fragment = method.get(section[:-1]) or {} if section else method
+                unknown = set(fragment.get("params") or {}) - fields
+                assert not unknown, f"{config.name}: methods.{name}.{section}params {unknown}"
 
 
 def test_one_run_plans_only_that_run_and_its_inputs(tmp_path):
@@ -288,6 +329,61 @@ def test_multi_step_chain_and_inputs(tmp_path):
     assert "--coco-source stuffthingmaps" in out
 
 
+def continual_bases(methods) -> set[str]:
+    """Step-0 methods the continual suite starts from (registry, else the stand-ins)."""
+    from ifss.methods.registry import METHODS
+
+    info = {name: base for name, base, _, _ in STAND_INS}
+    info.update({m.name: m.base for m in METHODS.values()})
+    return {info[m] for m in methods}
+
+
+def test_continual_paper_dag(tmp_path):
+    """sdr_voc + sdr_ade: per (task, protocol, method) one chain of continual steps; step 0 per
+    step-0 task (15-1 uses 15-5's, 10-1 and 10-5-5 10-10's, 100-10 100-50's), protocol (disjoint
+    or overlap: sequential uses disjoint's) and base; tables and per-step figures."""
+    rc, out = snakemake(tmp_path, "-n", "--quiet", "all", "--configfile", *map(str, SDR_CONFIGS),
+                        stand_ins=True)
+    assert rc == 0, out[-3000:]
+    counts = job_counts(out)
+    # VOC: 10 methods x (19-1, 15-5, 15-1: 1 + 1 + 5 steps) x (disjoint, overlap, sequential)
+    #      + 10 x (10-10, 10-1, 10-5-5: 1 + 10 + 2) x (disjoint, overlap); ADE (overlap):
+    #      10 x (100-50, 100-10, 50-50: 1 + 5 + 2)
+    assert counts["train_continual"] == 10 * 7 * 3 + 10 * 13 * 2 + 10 * 8 == 550
+    bases = continual_bases(CSS_METHODS)
+    assert counts["train_continual_step0"] == (3 * 2 + 2) * len(bases)  # VOC 3 tasks x 2, ADE 2
+    assert "train_step" not in counts and "train_step0" not in counts
+    assert counts["table"] == 4 and counts["figure_per_step"] == 8
+    assert counts["download_voc"] == counts["download_ade"] == counts["weights"] == 1
+
+
+def test_continual_chain_and_inputs(tmp_path):
+    """One continual run: its chain, each step's --previous and data.protocol."""
+    target = "results/runs/voc/15-1/sequential/MIB/step3/metrics.json"
+    rc, out = snakemake(tmp_path, "-n", "-p", target, "--configfile", str(SDR_CONFIGS[0]),
+                        stand_ins=True)
+    assert rc == 0, out[-3000:]
+    assert job_counts(out) == {"download_voc": 1, "weights": 1, "class_index": 1,
+                               "train_continual_step0": 1, "train_continual": 3, "total": 7}
+    commands = [line for line in out.splitlines() if "ifss train " in line]
+    step0 = next(c for c in commands if "step0/FT/metrics.json" in c)
+    assert "results/runs/voc/15-5/disjoint/step0/FT/" in step0  # 15-5's, disjoint's
+    for pair in ("step=0", "method=FT", "data.protocol=disjoint", "train.epochs=30",
+                 "train.lr=0.01", "train.nesterov=true", "data.batch_size=24",
+                 "model.pretrained=resources/weights/resnet101_iabn.pth"):
+        assert f"--set {pair} " in step0, pair
+    previous = {"1": "results/runs/voc/15-5/disjoint/step0/FT/model.pt",
+                "2": "results/runs/voc/15-1/sequential/MIB/step1/model.pt",
+                "3": "results/runs/voc/15-1/sequential/MIB/step2/model.pt"}
+    for step, model in previous.items():
+        command = next(c for c in commands if f"sequential/MIB/step{step}/metrics.json)" in c)
+        assert f"--previous {model} " in command
+        for pair in (f"step={step}", "task=15-1", "method=MIB", "data.protocol=sequential",
+                     "train.lr=0.001", "params.loss_kd=100.0"):  # MiB #22: 100 for 15-1
+            assert f"--set {pair} " in command + " ", pair
+        assert "nshot=" not in command
+
+
 @pytest.mark.parametrize("target, message", [
     ("results/runs/synthetic/5-0/PFIS/s1-i0/step1/metrics.json",
      "unknown method 'PFIS' (did you mean PIFS"),
@@ -303,6 +399,15 @@ def test_multi_step_chain_and_inputs(tmp_path):
      "unknown dataset 'voc' under `datasets` in the config; valid datasets: synthetic"),
     ("results/tables/nosuch.csv",
      "unknown table 'nosuch' under `tables` in the config; valid tables: demo"),
+    ("results/runs/synthetic/15-5/sequential/step0/FT/metrics.json",
+     "sequential runs start from the disjoint step-0 run"),
+    ("results/runs/synthetic/15-5/disjoint/FT/step2/metrics.json",
+     "task '15-5' has continual steps 1..1, not step2"),
+    ("results/runs/synthetic/15-1/overlap/FTT/step1/metrics.json",
+     "unknown method 'FTT' (did you mean FT"),
+    ("results/figures/demo_css_15-1/qualitative.png",
+     "figure 'demo_css_15-1' is a per_step figure: it makes results/figures/demo_css_15-1/"
+     "per_step.png"),
 ])
 def test_unknown_target_names_fail_clearly(tmp_path, target, message):
     rc, out = snakemake(tmp_path, "-n", target, stand_ins=True)
@@ -319,7 +424,8 @@ def test_missing_manual_weights_say_where_they_go(tmp_path):
 
 
 def test_lint_is_clean(tmp_path):
-    for extra in ([], ["--configfile", *map(str, PAPER_CONFIGS)]):
+    for extra in ([], ["--configfile", *map(str, PAPER_CONFIGS)],
+                  ["--configfile", *map(str, SDR_CONFIGS)]):
         rc, out = snakemake(tmp_path, "--lint", *extra)
         assert rc == 0, out[-3000:]
         assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
@@ -338,16 +444,23 @@ E2E_CONFIG = {
         "step0": {"train": {"iterations": 15, "lr": 0.01}, "data": {"batch_size": 8}},
         "SS": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 2}},
         "MS": {"train": {"iterations": 1, "lr": 0.001}, "data": {"batch_size": 2}},
+        "continual_step0": {"train": {"iterations": 15, "lr": 0.01}, "data": {"batch_size": 8}},
+        "continual": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 4}},
     }},
     "methods": {"FT": {}, "COS": {},
                 "FT-hi": {"method": "FT", "fewshot": {"train": {"lr": 0.01}}}},  # a variant
     "tables": {"e2e": {"dataset": "synthetic", "tasks": ["5-0", "5-0m"], "methods": ["FT", "COS"],
                        "shots": [1], "ishots": [0, 1]},
                "e2e_variants": {"dataset": "synthetic", "tasks": ["5-0"],
-                                "methods": ["FT", "FT-hi"], "shots": [1], "ishots": [0, 1]}},
+                                "methods": ["FT", "FT-hi"], "shots": [1], "ishots": [0, 1]},
+               # continual: FT on 15-1 (five steps, from 15-5's disjoint step 0)
+               "e2e_css": {"kind": "continual", "dataset": "synthetic", "tasks": ["15-1"],
+                           "protocols": ["disjoint"], "methods": ["FT"]}},
     "figures": {"e2e": {"dataset": "synthetic", "task": "5-0", "methods": ["FT", "COS"],
                         "num_images": 2, "tsne_images": 10, "per_class": 20,
-                        "tsne_iterations": 250}},
+                        "tsne_iterations": 250},
+                "e2e_steps": {"kind": "per_step", "dataset": "synthetic", "task": "15-1",
+                              "protocol": "disjoint", "methods": ["FT"]}},
 }
 ONE_RUN = "results/runs/synthetic/5-0/FT/s1-i0/step1/metrics.json"
 
@@ -418,6 +531,35 @@ def test_e2e_models_kept_and_dropped(e2e):
 
 
 @pytest.mark.slow
+def test_e2e_continual_table_and_per_step_figure(e2e):
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    workdir, _, out = e2e
+    counts = job_counts(out)
+    assert counts["train_continual_step0"] == 1 and counts["train_continual"] == 5
+    assert counts["figure_per_step"] == 1
+    summary = pd.read_csv(workdir / "results/tables/e2e_css.csv").set_index("method")
+    assert list(summary.columns) == ["15-1 disjoint old", "15-1 disjoint new", "15-1 disjoint all"]
+    assert summary.loc["FT"].between(0, 100).all()
+    runs = workdir / "results/runs/synthetic"
+    step0 = runs / "15-5/disjoint/step0/FT"
+    assert (step0 / "model.pt").is_file() and not (step0 / "model.pt").stat().st_mode & 0o222
+    assert json.loads((step0 / "metrics.json").read_text())["config"]["data"]["protocol"] == \
+        "disjoint"
+    for step in range(1, 6):  # every step's metrics stay; models are temp()
+        record = json.loads((runs / f"15-1/disjoint/FT/step{step}/metrics.json").read_text())
+        assert (record["step"], record["config"]["data"]["protocol"]) == (step, "disjoint")
+        assert not (runs / f"15-1/disjoint/FT/step{step}/model.pt").exists()
+    frame = pd.read_csv(workdir / "results/figures/e2e_steps/per_step.csv")
+    assert list(frame["step"]) == [0, 1, 2, 3, 4, 5] and frame["all"].between(0, 100).all()
+    with Image.open(workdir / "results/figures/e2e_steps/per_step.png") as png:
+        assert png.width > 300 and png.height > 200
+
+
+@pytest.mark.slow
 def test_e2e_second_request_runs_nothing(e2e):
     workdir, config, _ = e2e
     for target in ([], [ONE_RUN]):
@@ -459,5 +601,6 @@ def test_e2e_report_holds_the_tables(e2e):
     assert rc == 0, out[-3000:]
     html = (workdir / "report.html").read_text()
     for text in ("e2e.csv", "e2e_runs.csv", "e2e_per_class.csv", "convention of the PIFS tables",
-                 "qualitative.png", "tsne.png", "silhouette score"):
+                 "qualitative.png", "tsne.png", "silhouette score", "e2e_css.csv",
+                 "as the MiB / SDR tables", "per_step.png"):
         assert text in html

@@ -21,6 +21,7 @@ from ifss.workflow.settings import run_layers, run_settings, set_args
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PAPER_CONFIGS = [ROOT / "config" / "papers" / f"pifs_{name}.yaml" for name in ("voc", "coco")]
+SDR_CONFIGS = [ROOT / "config" / "papers" / f"sdr_{name}.yaml" for name in ("voc", "ade")]
 
 SMALL = {
     "run": {"seed": 1, "train": {"lr": 0.1, "momentum": 0.1}},
@@ -207,7 +208,7 @@ def test_unknown_names_in_requests(call, message):
     (lambda c: c["overrides"].update(x={"when": {"setting": "XS"}, "set": {}}),
      "overrides.x.when.setting: 'XS' is not one of SS, MS"),
     (lambda c: c["tables"]["t"].update(methods=["FT", "PFIS"]),
-     "tables.t.methods: unknown method 'PFIS' (did you mean PIFS?)"),
+     "tables.t.methods: unknown method 'PFIS' (did you mean PIFS"),
 ])
 def test_config_errors_name_the_key(edit, message):
     with pytest.raises(IfssError) as err:
@@ -260,9 +261,11 @@ def test_params_of_runs_that_cannot_happen_are_not_checked():
 
 def test_config_files_as_shipped_load():
     load(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
-    for path in PAPER_CONFIGS:
+    for path in PAPER_CONFIGS + SDR_CONFIGS:
         matrix = load(yaml.safe_load(path.read_text()))
         assert "MCLOS-pixel" in matrix.methods  # from the included pifs_methods.yaml
+    assert load(yaml.safe_load(SDR_CONFIGS[0].read_text())).methods["EWC"]["params"] == \
+        {"importance": 500.0, "alpha": 0.9}  # from sdr_methods.yaml
 
 
 # ----------------------------------------------------------------------------- include

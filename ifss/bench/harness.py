@@ -5,13 +5,23 @@ the same model over the same batches.
 The setup mirrors `ifss.run._train`: resolved config, step data from the synthetic dataset (real
 files, real transforms), the method, its model (random weights stand in for the step-0
 checkpoint: timing does not depend on their values), the frozen previous model when the method
-asks for one, `method.prepare`, then `engine.train`.
+asks for one, the state its step-0 run carries (below), `method.prepare`, then `engine.train`.
+
+Carried state. A method with a step-0 run of its own (registry: `step0` with `base` = itself, or
+a `step0_from`) starts step 1 from what that run saved in model.pt besides the weights: its
+`state_dict()` and its owned modules' weights (importance weights, prototypes, a memory, DWI's
+weight generator). `carried_state` makes them as the workflow does, in memory and shortened:
+that method's step 0 on the synthetic step-0 data (the step-0 classes), `engine.train` for a
+few iterations of its main phase and of each extra phase, then `finish`, and returns
+`{"method": ..., "modules": ...}` on the CPU, as `torch.load` of model.pt gives them, for
+`build_method`'s checkpoint argument. It runs inside `build_setup`, outside every timing.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +38,7 @@ from ifss.data.build import StepData, build_step_data
 from ifss.data.segmentation import pad_collate
 from ifss.distributed import Runtime
 from ifss.losses import IGNORE
-from ifss.methods.registry import MethodInfo
+from ifss.methods.registry import MethodInfo, method_info
 from ifss.models import build_model
 from ifss.tasks import get_task
 
@@ -95,6 +105,8 @@ class Setup:
     run_dir: Path
     base: dict | None = None  # shared "step-0" body + head weights
     own: dict | None = None  # the rest of the prepared model's state (classifier), a copy
+    carried_state: bool = False  # started from the state its own step-0 run made (in memory)
+    step0_s: float | None = None  # seconds of that step-0 run (never part of a timing)
 
     def reset(self) -> None:
         """Back to the prepared weights, so each timed call trains from the same start (a few
@@ -162,18 +174,116 @@ def load_matching(model: torch.nn.Module, state: dict) -> None:
                            if k in own and own[k].shape == v.shape}, strict=False)
 
 
+def own_step0(info: MethodInfo) -> bool:
+    """Whether a method's step 1 starts from a step-0 run of its own (not another method's)."""
+    return bool(info.step0_from) or (info.step0 and info.base == info.name)
+
+
+def carries_state(method_cls) -> bool:
+    """Whether a method hands anything besides the model to its next step: it overrides the
+    method contract's `state_dict` (model.pt's "method") or `build_modules` ("modules")."""
+    from ifss.methods.base import Method
+
+    return (method_cls.state_dict is not Method.state_dict
+            or method_cls.build_modules is not Method.build_modules)
+
+
+def shortened(phase: engine.Phase, iterations: int) -> engine.Phase:
+    """`phase` cut to at most `iterations` iterations (its batch source included: an extra
+    phase's source may yield its full length whatever the phase's count says)."""
+    if phase.iterations <= iterations:
+        return phase
+    source = phase.batches
+    return dataclasses.replace(
+        phase, iterations=iterations,
+        batches=lambda start: itertools.islice(source(start), max(0, iterations - start)))
+
+
+class Step0Error(RuntimeError):
+    """A method's in-memory step-0 run failed (so its step 1 has nothing to start from)."""
+
+
+def _on_cpu(value):
+    """A copy of a (nested) state with every tensor on the CPU: what torch.load of model.pt
+    (map_location="cpu") gives."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
+def carried_state(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
+                  base: dict | None = None, iterations: int | None = None) -> dict | None:
+    """What method `name`'s own step-0 run hands to its step 1, as model.pt holds it:
+    `{"method": method.state_dict(), "modules": {name: module.state_dict()}}` (CPU tensors).
+
+    Made as the workflow makes it, in memory: the step-0 run set up as `ifss train` would (from
+    the "step-0" weights `base`, which stand in for the pretrained body and, for a `step0_from`
+    method, the step-0 model it starts from, also as the frozen previous model when it asks for
+    one), `engine.train` over `iterations` (default `sizes.step0_iterations`) of its main phase
+    and at most as many of each of its extra phases, then `finish`. None when the method has
+    no step-0 run of its own or carries nothing (FT, COS, RT, SPN)."""
+    from ifss.builder import build_method, place, resolve
+    from ifss.run import seed_everything
+
+    info = method_info(name)
+    if not own_step0(info):
+        return None
+    iterations = max(1, sizes.step0_iterations if iterations is None else iterations)
+    run = resolve(run_config(name, sizes, runtime, root, step=0, iterations=iterations),
+                  training=False)
+    if not carries_state(run.method_cls):
+        return None
+    cfg = run.cfg
+    seed_everything(cfg.seed)
+    data = build_step_data(cfg, run.task, image_labels="image_labels" in run.method_cls.needs)
+    model = run.model()
+    if base:
+        load_matching(model, base)
+    old = None
+    if run.method_cls.uses_old_model and info.step0_from:  # the step-0 model it starts from
+        old = run.model()
+        old.load_state_dict(model.state_dict())
+        old.to(runtime.device).eval().requires_grad_(False)
+    method = build_method(run, runtime, model, None)
+    place(model, method, runtime)
+    method.prepare(model, old, data)
+    phases = [shortened(p, iterations) for p in method.extra_phases(model, data)]
+    with contextlib.redirect_stderr(io.StringIO()):
+        engine.train(model, method, data.train, cfg, runtime, run_dir, None, phases)
+    method.finish(model, data)
+    return _on_cpu({"method": method.state_dict(),
+                    "modules": {k: m.state_dict() for k, m in method.modules().items()}})
+
+
 def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
-                iterations: int | None = None, base: dict | None = None) -> Setup:
+                iterations: int | None = None, base: dict | None = None,
+                step0_iterations: int | None = None) -> Setup:
     """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it, from the
-    "step-0" weights `base` (ifss.bench.harness.base_state; None: random init).
-    Raises whatever the method raises (the caller turns that into a note)."""
-    from ifss.builder import build_method, resolve
+    "step-0" weights `base` (ifss.bench.harness.base_state; None: random init) and, for a method
+    with its own step-0 run, the state that run carries (`carried_state`, `step0_iterations`
+    iterations; made before anything of step 1, and never timed).
+    Raises whatever the method raises (the caller turns that into a note); Step0Error when its
+    step-0 run failed."""
+    from ifss.builder import build_method, place, resolve
     from ifss.run import seed_everything
 
     run = resolve(run_config(name, sizes, runtime, root, iterations=iterations), training=False)
     cfg, info = run.cfg, run.info
+    start = time.perf_counter()
+    try:
+        ckpt = carried_state(name, sizes, runtime, root, run_dir / "step0", base,
+                             step0_iterations)
+    except Exception as err:  # noqa: BLE001 - one clear line for the bench's note
+        lines = str(err).strip().splitlines()
+        raise Step0Error(f"its step-0 run failed: {type(err).__name__}: "
+                         f"{lines[0] if lines else ''}") from err
+    step0_s = time.perf_counter() - start if ckpt is not None else None
     seed_everything(cfg.seed)
-    data = build_step_data(cfg, run.task)
+    data = build_step_data(cfg, run.task, image_labels="image_labels" in run.method_cls.needs)
     model = run.model()
     if base:
         load_matching(model, base)
@@ -182,12 +292,8 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
         old = run.model(cfg.step - 1)
         load_matching(old, model.state_dict())  # the previous step's model
         old.to(runtime.device).eval().requires_grad_(False)
-    method = build_method(run, runtime, model, None)
-    for module in method.modules().values():
-        module.to(runtime.device)
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    method = build_method(run, runtime, model, ckpt)
+    place(model, method, runtime)
     with Stopwatch(runtime.device) as sw:
         method.prepare(model, old, data)
     train_set = MemorySet.copy_of(data.train, seed=cfg.seed)
@@ -196,7 +302,7 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
     shared = {k for k, v in (base or {}).items() if k in state and state[k].shape == v.shape}
     own = {k: v.detach().clone() for k, v in state.items() if k not in shared}
     return Setup(name, info, cfg, runtime, method, model, old, data, train_set, sw.seconds,
-                 run_dir, base, own)
+                 run_dir, base, own, carried_state=ckpt is not None, step0_s=step0_s)
 
 
 @torch.no_grad()

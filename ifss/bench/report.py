@@ -103,13 +103,15 @@ def markdown(record: dict) -> str:
     methods = h.get("methods") or {}
     if methods:
         lines += ["", "## Methods (step 1)", "",
-                  "| method | trains | step s | vs | ratio | prepare s | state MiB | note |",
-                  "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+                  "| method | trains | step s | vs | ratio | prepare s | state MiB | "
+                  "carried state | note |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
         for name, m in methods.items():
             lines.append(
                 f"| {name} | {_fmt(m.get('trains'), '')} | {_fmt(m.get('step_s'), 's')} | "
                 f"{m.get('reference') or ''} | {_fmt(m.get('ratio'), 'ratio')} | "
                 f"{_fmt(m.get('prepare_s'), 's')} | {_fmt(m.get('state_mib'), 'MiB')} | "
+                f"{'yes' if m.get('carried_state') else ''} | "
                 f"{(m.get('note') or '').replace('|', '/')} |")
     lines.append("")
     return "\n".join(lines)

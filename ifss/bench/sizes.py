@@ -15,6 +15,11 @@ two threads and 5-10 min on one, and imprinting 5 tiny-model images 6.7 s on two
 are single-thread. `--quick` (the CI size: the tiny backbone on 64x64 images, a few iterations
 per repeat, no `snakemake -n` runs, which take seconds each, MCLOS with the demo config's
 scaled memory) takes about 10 s.
+
+The state a method carries from its own step 0 (importance weights, prototypes, memory, DWI's
+generator) is made by running that step 0 for `step0_iterations` iterations before its step 1 is
+set up: one at the CPU paper size, where one of DWI's cool-down iterations alone runs some
+twenty ResNet-101 forward passes.
 """
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ class Sizes:
     nshot: int = 1  # the few-shot step trains on 5 * nshot images (task 5-0, step 1)
     task: str = "5-0"
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
+    # iterations of the in-memory step-0 run (main phase and each extra phase) that makes the
+    # state a method carries to step 1 (ifss.bench.harness.carried_state; never timed)
+    step0_iterations: int = 2
     # method -> params of its run (default: the method's own, the papers' sizes)
     method_params: dict = field(default_factory=dict)
 
@@ -70,7 +78,7 @@ SIZES = {
     ("cpu", False): Sizes(**PAPER_MODEL, batch=1, iterations=1, warmup=1, repeats=3,
                           method_iterations=1, method_warmup=1, method_repeats=2,
                           eval_images=2, eval_batch=1, loader_batches=10, workers=4,
-                          workflow_repeats=2, threads=1),
+                          workflow_repeats=2, threads=1, step0_iterations=1),
     ("quick", True): Sizes(backbone="resnet_tiny", head_channels=64, output_stride=16,
                            activation="relu", crop=64, batch=4, iterations=2, warmup=1,
                            repeats=3, method_iterations=8, method_warmup=1, method_repeats=3,

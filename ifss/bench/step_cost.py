@@ -2,7 +2,9 @@
 
 1. step overhead     ifss training step (FT through engine.train) / bare fwd+bwd+SGD step, and
                      the amortised share of the resume checkpoint
-2. method overhead   each method's step / FT's (MCLOS / PIFS), or its prepare time
+2. method overhead   each method's step / FT's (MCLOS / PIFS), or its prepare time; a method
+                     with a step-0 run of its own starts step 1 from the state that run carries
+                     (ifss.bench.harness.carried_state, made before the timing)
 """
 from __future__ import annotations
 
@@ -97,7 +99,8 @@ def method_overhead(ctx: Context) -> dict:
         names.append("MCLOS")
     table: dict[str, dict] = {}
     setups: dict[str, Setup] = {"FT": ctx.ft}
-    table["FT"] = {"trains": True, "prepare_s": ctx.ft.prepare_s, "note": None}
+    table["FT"] = {"trains": True, "prepare_s": ctx.ft.prepare_s, "note": None,
+                   "carried_state": ctx.ft.carried_state}
     registry = set(_registry_methods())
     for name in names:
         if name == "FT":
@@ -112,7 +115,9 @@ def method_overhead(ctx: Context) -> dict:
         except Exception as err:  # noqa: BLE001 - a method under construction is a note
             table[name] = {"trains": None, "note": f"setup failed ({error_line(err)})"}
             continue
+        # carried_state: set up from the state its own step-0 run made (in memory, untimed)
         entry = {"prepare_s": setup.prepare_s, "note": None,
+                 "carried_state": setup.carried_state, "step0_s": setup.step0_s,
                  "memory_filled": fill_memory(setup.method)}
         try:
             entry["trains"] = setup.trains()

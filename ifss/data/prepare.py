@@ -7,8 +7,10 @@
     prepare_voc(raw_dir, out)           VOC 2012 + SBD-augmented labels -> out/
     prepare_coco(raw_dir, out, source)  COCO 2017 images + object labels -> out/ (defined in
                                         ifss.data.coco_labels, importable from here)
+    prepare_ade(raw_dir, out)           ADE20K SceneParsing tree, checked, + id lists -> out/
+                                        (defined in ifss.data.ade, importable from here)
 
-Layouts written (images and VOC labels are hard links, or symlinks across file systems):
+Layouts written (images, VOC and ADE labels are hard links, or symlinks across file systems):
 
     voc/JPEGImages/<id>.jpg
     voc/SegmentationClassAug/<id>.png             0 background, 1..20 classes, 255 void
@@ -17,6 +19,9 @@ Layouts written (images and VOC labels are hard links, or symlinks across file s
     coco/annotations/{train2017,val2017}/<id>.png 0 background, 1..90 COCO category id, 255 void
     coco/split/{train,val}.txt                    ids, sorted
     coco/annotations/.ifss-labels.json            the label source; "complete" once lists exist
+    ade/ADEChallengeData2016/images/{training,validation}/<id>.jpg
+    ade/ADEChallengeData2016/annotations/{training,validation}/<id>.png   0 background, 1..150
+    ade/{train,val}.txt                           ids, sorted
 
 Every output file is written under a temporary name and renamed, and existing outputs are kept,
 so an interrupted preparation resumes where it stopped. `fetch_dataset` writes a completion
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from ifss.data import sources
+from ifss.data.ade import prepare_ade
 from ifss.data.coco_labels import (
     COCO_STUFF_TO_OBJECT, coco_instance_label, prepare_coco, stuff_to_object_labels,
 )
@@ -44,7 +50,7 @@ from ifss.errors import IfssError
 
 __all__ = [
     "COCO_STUFF_TO_OBJECT", "UnverifiedDownloadWarning", "coco_instance_label", "fetch_dataset",
-    "prepare_coco", "prepare_voc", "stuff_to_object_labels",
+    "prepare_ade", "prepare_coco", "prepare_voc", "stuff_to_object_labels",
 ]
 
 

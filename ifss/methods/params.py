@@ -146,3 +146,81 @@ class MCLOSParams(PIFSParams):
                  ("memory_candidates >= 0", self.memory_candidates >= 0))
         bad += [rule for rule, ok in rules if not ok]
         _check(not bad, f"MCLOS params out of range: need {', '.join(f'params.{b}' for b in bad)}")
+
+
+@dataclass
+class LwFMCParams:
+    loss_kd: float = 10.0  # weight of the BCE distillation (MiB/SDR `--icarl_importance 10`)
+
+    def __post_init__(self):
+        _check(self.loss_kd >= 0, f"params.loss_kd must be >= 0, got {self.loss_kd}")
+
+
+@dataclass
+class CILParams:
+    loss_cil: float = 1.0  # weight of the entropy-weighted KD (SDR's preset never set it: 0)
+    entropy_scale: float = 1.0  # gs of w = 1 + gs * H_bits(teacher) (SDR: the --loss_CIL value)
+
+    def __post_init__(self):
+        _check(self.loss_cil >= 0 and self.entropy_scale >= 0,
+               "params.loss_cil and params.entropy_scale must be >= 0")
+
+
+@dataclass
+class SDRParams:
+    # The original's `--method SDR` preset (argparser.py). Its README suggests starting from
+    # loss_kd 10, loss_de_prototypes 1e-2, loss_fc = lfc_sep_clust 1e-3, loss_featspars 1e-4
+    # (searched: KD 1..100, PM 1e-3..1e-1, CL 1e-3..1e-2, FS 1e-5..1e-3).
+    loss_kd: float = 100.0  # weight of UNKD (steps >= 1)
+    loss_de_prototypes: float = 0.01  # prototype matching of the old classes (steps >= 1)
+    loss_de_prototypes_sumafter: bool = True  # batch class mean vs prototype (False: per pixel)
+    loss_fc: float = 1e-3  # attraction of each class's features to its prototype (steps >= 1)
+    lfc_sep_clust: float = 1e-3  # repulsion between the batch's class means (steps >= 1)
+    loss_featspars: float = 1e-3  # feature sparsity (every step, step 0 included)
+    init_classifier: bool = True  # MiB's background-based init of the new classifier
+
+    def __post_init__(self):
+        weights = ("loss_kd", "loss_de_prototypes", "loss_fc", "lfc_sep_clust", "loss_featspars")
+        bad = [f"params.{w} >= 0" for w in weights if not getattr(self, w) >= 0]
+        _check(not bad, f"SDR params out of range: need {', '.join(bad)}")
+
+
+@dataclass
+class RegularizationParams:
+    # EWC / PI / RW (ifss/methods/regularization.py): SDR's `--method EWC|PI|RW` presets
+    # (argparser.py: reg_importance 1000 for all three); the MiB paper used EWC 500, PI 500, RW 100.
+    importance: float = 1000.0  # λ of the penalty λ Σ W (θ - θ_old)² (`--reg_importance`)
+    normalize: bool = True  # min-max normalise each importance tensor (SDR: no --reg_no_normalize)
+
+    def __post_init__(self):
+        _check(self.importance >= 0, f"params.importance must be >= 0, got {self.importance}")
+
+
+@dataclass
+class EWCParams(RegularizationParams):
+    alpha: float = 0.9  # running Fisher F <- alpha g² + (1 - alpha) F (`--reg_alpha`)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0 < self.alpha <= 1, f"params.alpha={self.alpha} must be in (0, 1]")
+
+
+@dataclass
+class PIParams(RegularizationParams):
+    # ξ of Ω = ω / ((θ_end - θ_start)² + ξ): 1e-20 is the MiB/SDR code's (a local EPS in PI.get:
+    # no damping in effect); Zenke et al.'s synaptic intelligence damps with e.g. ξ = 1e-3.
+    damping: float = 1e-20
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.damping > 0, f"params.damping must be > 0, got {self.damping}")
+
+
+@dataclass
+class RWParams(EWCParams):
+    reg_iterations: int = 10  # iterations per window of the path score (`--reg_iterations`)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.reg_iterations >= 1,
+               f"params.reg_iterations must be >= 1, got {self.reg_iterations}")

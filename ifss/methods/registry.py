@@ -48,6 +48,21 @@ METHODS: dict[str, MethodInfo] = {
                    "linear", params=P.ILTParams),
         MethodInfo("MIB", "ifss.methods.mib", "ModelingTheBackground", "FT", "linear",
                    params=P.MiBParams),
+        # output distillation of the continual suite (research/wilson_sdr_gfss_simformer.md §B.4)
+        MethodInfo("LWF-MC", "ifss.methods.continual_kd", "MultiClassLearningWithoutForgetting",
+                   "FT", "linear", params=P.LwFMCParams),
+        MethodInfo("CIL", "ifss.methods.continual_kd", "EntropyWeightedDistillation", "FT",
+                   "linear", params=P.CILParams),
+        # SDR trains its own step 0 (CE + the prototype update), so step 1 has prototypes
+        MethodInfo("SDR", "ifss.methods.sdr", "SDR", "SDR", "linear", step0=True,
+                   params=P.SDRParams),
+        # importance regularisers: each tracks its importance while its own step 0 trains
+        MethodInfo("EWC", "ifss.methods.regularization", "ElasticWeightConsolidation", "EWC",
+                   "linear", step0=True, params=P.EWCParams),
+        MethodInfo("PI", "ifss.methods.regularization", "PathIntegral", "PI", "linear",
+                   step0=True, params=P.PIParams),
+        MethodInfo("RW", "ifss.methods.regularization", "RiemannianWalk", "RW", "linear",
+                   step0=True, params=P.RWParams),
     )
 }
 

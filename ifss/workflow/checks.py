@@ -14,19 +14,24 @@ import ifss.config as runconfig
 from ifss.errors import IfssError, unknown
 from ifss.methods.registry import METHODS, method_params
 from ifss.tasks import get_task
-from ifss.workflow.settings import (SETTINGS, STAGES, as_list, matches, method_layers,
-                                    method_of, run_context)
+from ifss.workflow.paths import CONTINUAL
+from ifss.workflow.settings import (PARTS, SETTINGS, STAGES, as_list, matches,
+                                    method_layers, method_of, run_context)
+from ifss.workflow.targets import is_continual
 
 # Methods of the papers' tables that the config may name before their code is registered: they
 # validate, are announced in one warning line and are left out of the DAG until registered.
 PLANNED_METHODS = (
     "FT", "COS", "WI", "DWI", "RT", "AMP", "SPN", "LWF", "ILT", "MIB", "PIFS", "MCLOS",
+    "LWF-MC", "EWC", "RW", "PI", "CIL", "SDR",  # the continual-segmentation suite (SDR, MiB)
 )
 # Run-config keys the workflow sets itself, per run; a config fragment may not set them.
 WORKFLOW_KEYS = (
     "dataset", "task", "step", "nshot", "ishot", "method", "label", "previous",
-    "data.root", "data.class_index", "model.pretrained",
+    "data.root", "data.class_index", "data.protocol", "model.pretrained",
 )
+# Names a configured method may not have: path components of the continual layout.
+RESERVED_NAMES = ("step0", *CONTINUAL)
 
 
 def check_config(cfg: dict) -> None:
@@ -65,7 +70,7 @@ def check_datasets(datasets: dict) -> None:
             )
         if ds["source"] == "synth" and name != "synthetic":
             raise IfssError(f"datasets.{name}.source: only the dataset 'synthetic' can be synth")
-        for part in ("run", "step0", *SETTINGS):
+        for part in ("run", *PARTS):
             check_fragment(ds[part], f"datasets.{name}.{part}")
 
 
@@ -91,7 +96,10 @@ def check_variant(name: str, entry: dict, methods: dict) -> None:
 def check_methods(methods: dict) -> None:
     for name, entry in methods.items():
         if entry is None:
-            methods[name] = entry = {"params": {}, "step0": {}, "fewshot": {}}
+            methods[name] = entry = {"params": {}, **{stage: {} for stage in STAGES}}
+        if name in RESERVED_NAMES:
+            raise IfssError(f"methods.{name}: {name!r} names a folder of the run layout; "
+                            "rename the method")
         if method_of(methods, name) != name:
             check_variant(name, entry, methods)
         else:
@@ -109,77 +117,124 @@ def check_names(names, where: str, methods: dict) -> None:
 def check_overrides(overrides: dict) -> None:
     for name, override in overrides.items():
         check_fragment(override["set"], f"overrides.{name}.set")
-        for key, valid in (("stage", STAGES), ("setting", SETTINGS)):
-            for value in as_list(override["when"].get(key, [])):
+        when = override["when"]
+        for key, valid in (("stage", STAGES), ("setting", SETTINGS),
+                           ("protocol", runconfig.PROTOCOLS)):
+            for value in as_list(when.get(key, [])):
                 if value not in valid:
                     raise IfssError(f"overrides.{name}.when.{key}: {value!r} is not one of "
                                     f"{', '.join(valid)}")
+        if (as_list(when.get("stage", [])) == ["step0"]
+                and set(as_list(when.get("protocol", []))) == {"sequential"}):
+            raise IfssError(f"overrides.{name}.when: sequential runs start from the disjoint "
+                            "step-0 run (the same images and labels), so no step-0 run has "
+                            "protocol sequential; use protocol: disjoint")
+
+
+def check_task_of(cfg: dict, dataset: str, task: str, where: str) -> int:
+    """The number of steps of `task`, which must have an incremental step."""
+    if dataset not in cfg["datasets"]:
+        raise IfssError(f"{where.rpartition('.')[0]}.dataset {dataset!r} is not under datasets "
+                        f"(configured: {', '.join(cfg['datasets'])})")
+    try:
+        steps = get_task(dataset, task).num_steps
+    except IfssError as err:
+        raise IfssError(f"{where}: {err}") from None
+    if steps < 2:
+        raise IfssError(f"{where}: task {task!r} has no incremental step")
+    return steps
+
+
+def check_keys_of_kind(spec: dict, where: str, keys, kind: str) -> None:
+    for key in keys:
+        if key in spec:
+            raise IfssError(f"{where}.{key}: a {kind} has no {key}; remove it")
 
 
 def check_tables(cfg: dict) -> None:
     for name, table in cfg["tables"].items():
-        if table["dataset"] not in cfg["datasets"]:
-            raise IfssError(f"tables.{name}.dataset {table['dataset']!r} is not under datasets "
-                            f"(configured: {', '.join(cfg['datasets'])})")
+        where = f"tables.{name}"
         for task in table["tasks"]:
-            try:
-                steps = get_task(table["dataset"], task).num_steps
-            except IfssError as err:
-                raise IfssError(f"tables.{name}.tasks: {err}") from None
-            if steps < 2:
-                raise IfssError(f"tables.{name}.tasks: task {task!r} has no incremental step")
-        check_names(table["methods"], f"tables.{name}.methods", cfg["methods"])
+            check_task_of(cfg, table["dataset"], task, f"{where}.tasks")
+        if table["kind"] == "continual":
+            check_keys_of_kind(table, where, ("shots", "ishots"), "continual table (every "
+                               "image with a class of the step trains)")
+            protocols, tasks = table["protocols"], table["tasks"]
+            if isinstance(protocols, dict):
+                for task in tasks:
+                    if task not in protocols:
+                        raise IfssError(f"{where}.protocols: no protocols for task {task!r}; "
+                                        f"give a list for each task of {where}.tasks, or one "
+                                        "list for all of them")
+                for task in protocols:
+                    if task not in tasks:
+                        raise IfssError(f"{where}.protocols: {task!r} is not one of "
+                                        f"{where}.tasks ({', '.join(tasks)}); remove it or "
+                                        "add the task")
+        else:
+            check_keys_of_kind(table, where, ("protocols",), "few-shot table")
+        check_names(table["methods"], f"{where}.methods", cfg["methods"])
 
 
 def check_figures(cfg: dict) -> None:
     for name, figure in cfg["figures"].items():
         where = f"figures.{name}"
-        if figure["dataset"] not in cfg["datasets"]:
-            raise IfssError(f"{where}.dataset {figure['dataset']!r} is not under datasets")
-        try:
-            steps = get_task(figure["dataset"], figure["task"]).num_steps
-        except IfssError as err:
-            raise IfssError(f"{where}.task: {err}") from None
-        figure.setdefault("step", steps - 1)
-        if not 1 <= figure["step"] < steps:
-            raise IfssError(f"{where}.step: task {figure['task']!r} has few-shot steps "
-                            f"1..{steps - 1}")
-        if len(figure["methods"]) < 2:
-            raise IfssError(f"{where}.methods: a comparison needs two or more methods")
+        steps = check_task_of(cfg, figure["dataset"], figure["task"], f"{where}.task")
+        if figure["kind"] == "per_step":
+            check_keys_of_kind(figure, where, COMPARISON_KEYS, "per_step figure")
+        else:
+            check_keys_of_kind(figure, where, ("protocol",), "comparison figure")
+            figure.setdefault("step", steps - 1)
+            if not 1 <= figure["step"] < steps:
+                raise IfssError(f"{where}.step: task {figure['task']!r} has few-shot steps "
+                                f"1..{steps - 1}")
+            if len(figure["methods"]) < 2:
+                raise IfssError(f"{where}.methods: a comparison needs two or more methods")
         check_names(figure["methods"], f"{where}.methods", cfg["methods"])
+
+
+COMPARISON_KEYS = ("nshot", "ishot", "step", "num_images", "tsne_images", "per_class",
+                   "tsne_iterations")
 
 
 # ----------------------------------------------------------------- method params
 
 
-def runnable(cfg: dict) -> list[tuple[str, str]]:
-    """(configured name, stage) of every kind of run the config can plan whose method is
-    registered: each configured or compared name's few-shot steps, and the step-0 runs they
-    start from (a base and the step-0 runs it continues)."""
+def runnable(cfg: dict) -> list[tuple[str, str, str]]:
+    """(configured name, stage, dataset part) of every kind of run the config can plan whose
+    method is registered: each configured name's few-shot and continual steps, each compared
+    name's steps of its table's or figure's kind, and the step-0 runs they start from (a base
+    and the step-0 runs it continues; few-shot and continual step 0 read different sections)."""
     methods = cfg["methods"]
-    named = [*methods, *(m for spec in (*cfg["tables"].values(), *cfg["figures"].values())
-                         for m in spec["methods"])]
-    fewshot = [n for n in dict.fromkeys(named) if method_of(methods, n) in METHODS]
-    step0: dict[str, None] = {}
-    for name in fewshot:
-        base = METHODS[method_of(methods, name)].base
-        while base and base not in step0:
-            step0[base] = None
-            base = METHODS[base].step0_from if base in METHODS else None
-    runs = [(n, "fewshot") for n in fewshot]
-    return [(n, "step0") for n in step0 if n in METHODS] + runs
+    specs = [*cfg["tables"].values(), *cfg["figures"].values()]
+    kinds = {"fewshot": ("step0", SETTINGS), "continual": ("continual_step0", ("continual",))}
+    runs, step0 = [], {}
+    for stage, (step0_part, parts) in kinds.items():
+        named = [*methods, *(m for spec in specs if is_continual(spec) == (stage == "continual")
+                             for m in spec["methods"])]
+        names = [n for n in dict.fromkeys(named) if method_of(methods, n) in METHODS]
+        runs += [(n, stage, part) for n in names for part in parts]
+        for name in names:
+            base = METHODS[method_of(methods, name)].base
+            while base in METHODS and (base, step0_part) not in step0:
+                step0[(base, step0_part)] = None
+                base = METHODS[base].step0_from
+    return [(base, "step0", part) for base, part in step0] + runs
 
 
 def param_layers(cfg: dict, name: str, stage: str, dataset: str, part: str):
     """(where, params) of each section that can set the params of a run of `name` at `stage` on
-    `dataset` (part: step0, SS or MS), in the order run settings merge them; the overrides are
-    those whose `when` can match such a run (task, shots and step left open)."""
+    `dataset` (part: the datasets.D section the run reads), in the order run settings merge
+    them; the overrides are those whose `when` can match such a run (task, shots, step and a
+    continual run's protocol left open)."""
     ds = cfg["datasets"][dataset]
     layers = [("run", cfg["run"]), (f"datasets.{dataset}.run", ds["run"]),
               (f"datasets.{dataset}.{part}", ds[part]),
               *method_layers(cfg["methods"], name, stage)]
+    protocol = {"continual_step0": ("disjoint", "overlap"), "continual": CONTINUAL}.get(part,
+                                                                                       "fewshot")
     context = run_context(cfg["methods"], dataset, None, name, stage,
-                          setting=None if stage == "step0" else part)
+                          setting=part if part in SETTINGS else None, protocol=protocol)
     for key in ("task",) if stage == "step0" else ("task", "nshot", "ishot", "step"):
         del context[key]  # any
     for oname, override in cfg["overrides"].items():
@@ -193,24 +248,24 @@ def check_params(cfg: dict) -> None:
     """The params each run can get, layer by layer, checked against its method's Params
     (names, types, domains); the first layer that makes them invalid is named."""
     methods = cfg["methods"]
-    for name, stage in runnable(cfg):
+    for name, stage, part in runnable(cfg):
         registered = method_of(methods, name)
         for dataset in cfg["datasets"]:
-            for part in (("step0",) if stage == "step0" else SETTINGS):
-                values: dict = {}
-                for where, params in param_layers(cfg, name, stage, dataset, part):
-                    if not params:
-                        continue
-                    values = runconfig.merge(values, params)
-                    try:
-                        method_params(registered, values)
-                    except IfssError as err:
-                        raise _params_error(err, where, name, registered, stage, values) from None
+            values: dict = {}
+            for where, params in param_layers(cfg, name, stage, dataset, part):
+                if not params:
+                    continue
+                values = runconfig.merge(values, params)
+                try:
+                    method_params(registered, values)
+                except IfssError as err:
+                    raise _params_error(err, where, name, registered, stage, values) from None
 
 
 def _params_error(err, where, name, registered, stage, values) -> IfssError:
     if not dataclasses.fields(METHODS[registered].params):
         err = f"{registered} has no params, got params.{next(iter(values))}"
-    run = {"step0": f"{name}'s step-0 run", "fewshot": f"{name}'s few-shot steps"}[stage]
+    run = {"step0": f"{name}'s step-0 run", "fewshot": f"{name}'s few-shot steps",
+           "continual": f"{name}'s continual steps"}[stage]
     return IfssError(f"in {where}" + ("" if where.startswith("methods.") else f" ({run})")
                      + f": {err}")

@@ -1,9 +1,9 @@
 """`Matrix`: one loaded workflow config, answering what the rules ask about a job (its inputs,
 its `--set` arguments, its threads) from the job's wildcards.
 
-Unknown names in a requested path (a dataset, task, method, table, figure, shot or step) fail
-here with an IfssError that lists the valid ones; rules/common.smk turns it into Snakemake's
-WorkflowError. Answers that Snakemake asks for once per job are cached.
+Unknown names in a requested path (a dataset, task, protocol, method, table, figure, shot or
+step) fail here with an IfssError that lists the valid ones; rules/common.smk turns it into
+Snakemake's WorkflowError. Answers that Snakemake asks for once per job are cached.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Matrix:
         self.weights_dir: str = cfg["weights"]["dir"].rstrip("/")
         self.run_settings = functools.cache(functools.partial(run_settings, cfg))
         self.fewshot_run = functools.cache(self._fewshot_run)
+        self.continual_run = functools.cache(self._continual_run)
         self.step0_task = functools.cache(targets.step0_task)
 
     @classmethod
@@ -86,6 +87,16 @@ class Matrix:
                 f"step-0 methods: {', '.join(base_methods())}"
             )
         return info
+
+    @staticmethod
+    def check_protocol(protocol: str, step0: bool = False) -> None:
+        """A continual protocol; at step 0 one that has its own step-0 run (not sequential)."""
+        if protocol not in paths.CONTINUAL:
+            raise unknown("protocol", protocol, paths.CONTINUAL)
+        if step0 and paths.STEP0_PROTOCOL[protocol] != protocol:
+            raise IfssError(f"{protocol} runs start from the {paths.STEP0_PROTOCOL[protocol]} "
+                            f"step-0 run (the same images and labels); request "
+                            f"{paths.STEP0_PROTOCOL[protocol]}/step0/<base> instead")
 
     @staticmethod
     def check_shot(nshot, fragment: dict) -> None:
@@ -150,32 +161,45 @@ class Matrix:
         ds = self.datasets.get(dataset)
         return ds["threads"][stage] if ds else 1
 
-    def step0_start(self, dataset: str, task: str, base: str) -> dict:
+    @staticmethod
+    def step0_dir(dataset: str, task: str, base: str, protocol: str = "fewshot") -> str:
+        """The step-0 run of a few-shot task or, under a continual protocol, of its step-0
+        protocol (sequential: disjoint's)."""
+        return paths.run_dir(dataset, task, base, 0, None, None, protocol)
+
+    def step0_start(self, dataset: str, task: str, base: str, protocol: str = "fewshot") -> dict:
         """What a step-0 run starts from: {"previous": model.pt} of the step-0 run it continues
         (e.g. DWI's from COS's), or {"weights": file} of ImageNet weights, or nothing."""
         info = self.check_base(base)
         if info.step0_from:
-            return {"previous": f"{paths.step0_dir(dataset, task, info.step0_from)}/model.pt"}
+            return {"previous": f"{self.step0_dir(dataset, task, info.step0_from, protocol)}"
+                                "/model.pt"}
         if self.datasets[dataset]["weights"] != "none":
             return {"weights": self.weights_path(self.datasets[dataset]["weights"])}
         return {}
 
-    def step0_inputs(self, dataset: str, task: str, base: str) -> dict:
-        """Data, class index and start (the "weights" file is best marked ancient)."""
+    def step0_inputs(self, dataset: str, task: str, base: str, protocol: str = "fewshot") -> dict:
+        """Data, class index and start (the "weights" file is best marked ancient); `protocol`:
+        fewshot, or the continual step-0 run's (disjoint or overlap)."""
         self.check_task(dataset, task)
-        return {**self.dataset_inputs(dataset), **self.step0_start(dataset, task, base)}
+        if protocol != "fewshot":
+            self.check_protocol(protocol, step0=True)
+        return {**self.dataset_inputs(dataset), **self.step0_start(dataset, task, base, protocol)}
 
-    def step0_sets(self, dataset: str, task: str, base: str) -> str:
+    def step0_sets(self, dataset: str, task: str, base: str, protocol: str = "fewshot") -> str:
         """The step-0 run's `--set` pairs, from the wildcards only: Snakemake leaves params that
         read `input` out of its params-changed check, and an edited step-0 setting must rerun."""
         fixed = dict(dataset=dataset, task=task, step=0, method=base)
+        if protocol != "fewshot":
+            fixed["data.protocol"] = protocol
         fixed.update(self.dataset_keys(dataset))
-        start = self.step0_start(dataset, task, base)
+        start = self.step0_start(dataset, task, base, protocol)
         if "previous" in start:
             fixed["previous"] = start["previous"]
         if "weights" in start:
             fixed["model.pretrained"] = start["weights"]
-        return set_args(fixed, self.run_settings(dataset, task, base, "step0", step=0))
+        return set_args(fixed, self.run_settings(dataset, task, base, "step0", step=0,
+                                                 protocol=protocol))
 
     def _fewshot_run(self, dataset, task, method, nshot: int, ishot: int, step: int):
         """(method info, run fragment) of a few-shot step; unknown names fail here."""
@@ -205,12 +229,44 @@ class Matrix:
     def step_sets(self, dataset, task, method, nshot, ishot, step) -> str:
         nshot, ishot, step = int(nshot), int(ishot), int(step)
         _, fragment = self.fewshot_run(dataset, task, method, nshot, ishot, step)
+        fixed = dict(dataset=dataset, task=task, step=step, nshot=nshot, ishot=ishot)
+        return set_args({**fixed, **self.method_keys(method), **self.dataset_keys(dataset)},
+                        fragment)
+
+    def method_keys(self, method: str) -> dict:
         registered = self.registered_method(method)
-        fixed = dict(dataset=dataset, task=task, step=step, nshot=nshot, ishot=ishot,
-                     method=registered)
         if registered != method:
-            fixed["label"] = method  # a variant: its own row in tables
-        fixed.update(self.dataset_keys(dataset))
+            return {"method": registered, "label": method}  # a variant: its own row in tables
+        return {"method": method}
+
+    def _continual_run(self, dataset, task, protocol, method, step: int):
+        """(method info, run fragment) of a continual step; unknown names fail here."""
+        task_info = self.check_task(dataset, task)
+        self.check_protocol(protocol)
+        info = self.check_method(method)
+        if not 1 <= step < task_info.num_steps:
+            raise IfssError(
+                f"task {task!r} has continual steps 1..{task_info.num_steps - 1}, not step{step} "
+                f"(step-0 runs are {self.step0_dir(dataset, task, '<base>', protocol)}/)")
+        fragment = self.run_settings(dataset, task, method, "continual", step=step,
+                                     protocol=protocol)
+        return info, fragment
+
+    def continual_step_inputs(self, dataset, task, protocol, method, step) -> dict:
+        """The previous step's model: step 1 starts from the shared step-0 run of the method's
+        base (the first task with the same step-0 classes; sequential: disjoint's)."""
+        info, _ = self.continual_run(dataset, task, protocol, method, int(step))
+        if int(step) == 1:
+            previous = self.step0_dir(dataset, self.step0_task(dataset, task), info.base,
+                                      protocol)
+        else:
+            previous = paths.continual_step_dir(dataset, task, protocol, method, int(step) - 1)
+        return {"previous": f"{previous}/model.pt"}
+
+    def continual_step_sets(self, dataset, task, protocol, method, step) -> str:
+        _, fragment = self.continual_run(dataset, task, protocol, method, int(step))
+        fixed = {"dataset": dataset, "task": task, "step": int(step), **self.method_keys(method),
+                 "data.protocol": protocol, **self.dataset_keys(dataset)}
         return set_args(fixed, fragment)
 
     # ------------------------------------------------------------- tables and figures
@@ -227,20 +283,29 @@ class Matrix:
         return targets.table_metrics(self.table(name), self.is_registered)
 
     def table_spec(self, name: str) -> dict:
-        """What the table script needs besides the metrics files."""
+        """What the table script needs besides the metrics files (a few-shot table's spec is
+        what it was before continual tables existed: a Snakemake param, its change reruns)."""
         table = self.table(name)
-        return {
+        spec = {
             "name": name,
             "title": table.get("title", name),
             "dataset": table["dataset"],
             "methods": [m for m in table["methods"] if self.is_registered(m)],
-            "shots": table["shots"],
         }
+        if table["kind"] == "continual":
+            protocols = [p for t in table["tasks"] for p in targets.table_protocols(table, t)]
+            return {**spec, "kind": "continual", "tasks": table["tasks"],
+                    "protocols": list(dict.fromkeys(protocols))}
+        return {**spec, "shots": table["shots"]}
 
-    def figure(self, name: str) -> dict:
+    def figure(self, name: str, kind: str = "comparison") -> dict:
         if name not in self.figures:
             raise unknown("figure", name, self.figures, "under `figures` in the config")
-        return self.figures[name]
+        figure = self.figures[name]
+        if figure["kind"] != kind:
+            files = ", ".join(paths.figure_files(name, figure["kind"]).values())
+            raise IfssError(f"figure {name!r} is a {figure['kind']} figure: it makes {files}")
+        return figure
 
     def figure_inputs(self, name: str) -> dict:
         """The figure's copies of the compared runs' model.pt, and the dataset."""
@@ -264,3 +329,29 @@ class Matrix:
         keys = ("num_images", "tsne_images", "per_class", "tsne_iterations")
         return {"names": figure["methods"], "data_root": self.datasets[figure["dataset"]]["root"],
                 **{k: figure[k] for k in keys}}
+
+    def per_step_runs(self, name: str) -> dict[str, list[str]]:
+        """A per_step figure's metrics.json, per registered method: its step-0 run's, then one
+        per continual step."""
+        figure = self.figure(name, "per_step")
+        dataset, task, protocol = figure["dataset"], figure["task"], figure["protocol"]
+        steps = get_task(dataset, task).num_steps
+        runs = {}
+        for method in figure["methods"]:
+            if not self.is_registered(method):
+                continue
+            base = self.check_method(method).base
+            step0 = self.step0_dir(dataset, self.step0_task(dataset, task), base, protocol)
+            runs[method] = [f"{step0}/metrics.json"] + [
+                f"{paths.continual_step_dir(dataset, task, protocol, method, k)}/metrics.json"
+                for k in range(1, steps)]
+        return runs
+
+    def per_step_inputs(self, name: str) -> list[str]:
+        return [path for files in self.per_step_runs(name).values() for path in files]
+
+    def per_step_spec(self, name: str) -> dict:
+        figure = self.figure(name, "per_step")
+        title = figure.get("title") or (f"{figure['dataset']} {figure['task']} "
+                                        f"{figure['protocol']}: mIoU after each step")
+        return {"name": name, "title": title, "runs": self.per_step_runs(name)}

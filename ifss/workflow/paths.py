@@ -1,5 +1,15 @@
 """Where the workflow's files live: the one definition of the results layout.
 
+    few-shot   step 0  results/runs/{dataset}/{task}/step0/{base}/
+               step k  results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{k}/
+    continual  step 0  results/runs/{dataset}/{task}/{protocol}/step0/{base}/
+               step k  results/runs/{dataset}/{task}/{protocol}/{method}/step{k}/
+
+with protocol one of disjoint | overlap | sequential. A task's step 0 is the run of the first task
+with the same step-0 classes (ifss.workflow.targets.step0_task), and sequential runs start from
+disjoint's step 0: both train on the images holding only step-0 classes (at least one) with the
+same labels (ifss.data.incremental), so the same model is never trained twice.
+
 Relative paths (Snakemake resolves them against its working directory, `ifss train` against
 the current one). The rules use these with wildcard placeholders as their output patterns
 (`step0_dir("{dataset}", "{task}", "{base}")`), the input functions with values, and the CLI
@@ -23,8 +33,29 @@ def step_dir(dataset, task, method, nshot, ishot, step) -> str:
     return f"{RUNS}/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{step}"
 
 
-def run_dir(dataset, task, method, step, nshot, ishot) -> str:
-    """The folder of any step: step0_dir for step 0, else step_dir."""
+# The continual-learning protocols (ifss.config.PROTOCOLS less `fewshot`), and the protocol whose
+# step-0 run each one starts from.
+CONTINUAL = ("disjoint", "overlap", "sequential")
+STEP0_PROTOCOL = {"disjoint": "disjoint", "overlap": "overlap", "sequential": "disjoint"}
+
+
+def continual_step0_dir(dataset, task, protocol, base) -> str:
+    """The step-0 run of `base` on `task` under a continual protocol (`protocol` is the step-0
+    protocol: disjoint or overlap; see STEP0_PROTOCOL)."""
+    return f"{RUNS}/{dataset}/{task}/{protocol}/step0/{base}"
+
+
+def continual_step_dir(dataset, task, protocol, method, step) -> str:
+    """Continual step `step` >= 1 of one run (every train image with a class of the step)."""
+    return f"{RUNS}/{dataset}/{task}/{protocol}/{method}/step{step}"
+
+
+def run_dir(dataset, task, method, step, nshot, ishot, protocol="fewshot") -> str:
+    """The folder of any step of either kind (step 0 of sequential: disjoint's)."""
+    if protocol != "fewshot":
+        if int(step) == 0:
+            return continual_step0_dir(dataset, task, STEP0_PROTOCOL[protocol], method)
+        return continual_step_dir(dataset, task, protocol, method, step)
     if int(step) == 0:
         return step0_dir(dataset, task, method)
     return step_dir(dataset, task, method, nshot, ishot, step)
@@ -37,7 +68,11 @@ def table_files(name) -> dict[str, str]:
             "per_class": f"{base}_per_class.csv"}
 
 
-def figure_files(name) -> dict[str, str]:
+def figure_files(name, kind="comparison") -> dict[str, str]:
+    """A figure's outputs: comparison (qualitative masks, t-SNE) or per_step (mIoU after each
+    step, the plot and its numbers)."""
+    if kind == "per_step":
+        return {"plot": f"{FIGURES}/{name}/per_step.png", "csv": f"{FIGURES}/{name}/per_step.csv"}
     return {"qualitative": f"{FIGURES}/{name}/qualitative.png",
             "tsne": f"{FIGURES}/{name}/tsne.png"}
 

@@ -1,10 +1,21 @@
 """One run's `ifss train` settings: the config's sections layered in a fixed order, and written
 as `--set key=value` arguments.
 
-Order (later wins): run, datasets.D.run, datasets.D.{step0|SS|MS}, methods.M.params,
-methods.M.{step0|fewshot}, for a variant V of M then methods.V.params and methods.V.{stage},
-then every matching entry of `overrides` in file order. No other method's section is read, so
-editing one method's settings changes no other run's arguments (its variants' excepted).
+Order (later wins): run, datasets.D.run, the dataset's section of the run's kind, methods.M.params,
+methods.M.<stage>, for a variant V of M then methods.V.params and methods.V.<stage>, then every
+matching entry of `overrides` in file order. No other method's section is read, so editing one
+method's settings changes no other run's arguments (its variants' excepted).
+
+    run kind                 dataset section              method stage
+    few-shot step 0          datasets.D.step0             step0
+    few-shot step k >= 1     datasets.D.SS | MS           fewshot    (SS: single-step task)
+    continual step 0         datasets.D.continual_step0   step0
+    continual step k >= 1    datasets.D.continual         continual
+
+An override's `when` is matched against the run's dataset, task, method (a variant: both names),
+stage, protocol (fewshot for few-shot runs; a continual step 0 is disjoint's or overlap's, the
+one sequential runs start from being disjoint's), setting (SS | MS, few-shot steps only), nshot
+and ishot (few-shot steps only) and step.
 
 The `--set` strings are Snakemake params: a job reruns when they change, so the rendering of a
 value must stay byte-for-byte the same from one version to the next.
@@ -19,8 +30,10 @@ import yaml
 
 from ifss.config import merge
 
-STAGES = ("step0", "fewshot")
+STAGES = ("step0", "fewshot", "continual")  # the method sections (methods.M.<stage>)
 SETTINGS = ("SS", "MS")  # few-shot steps of single-step and of multi-step tasks
+# The dataset sections: every kind of run reads one (dataset_part)
+PARTS = ("step0", *SETTINGS, "continual_step0", "continual")
 
 
 def as_list(value) -> list:
@@ -60,12 +73,20 @@ def method_layers(methods: dict, name: str, stage: str) -> list[tuple[str, dict]
     return layers
 
 
+def dataset_part(stage: str, setting=None, protocol: str = "fewshot") -> str:
+    """The datasets.D section a run reads (see the table above)."""
+    if stage == "step0":
+        return "step0" if protocol == "fewshot" else "continual_step0"
+    return "continual" if stage == "continual" else setting
+
+
 def run_context(methods: dict, dataset, task, method, stage, setting=None, nshot=None,
-                ishot=None, step=0) -> dict:
-    """What an override's `when` is matched against."""
+                ishot=None, step=0, protocol="fewshot") -> dict:
+    """What an override's `when` is matched against (a tuple value: any of its values)."""
     names = method_names(methods, method)
     return dict(dataset=dataset, task=task, method=names if len(names) > 1 else method,
-                stage=stage, setting=setting, nshot=nshot, ishot=ishot, step=step)
+                stage=stage, setting=setting, nshot=nshot, ishot=ishot, step=step,
+                protocol=protocol)
 
 
 def override_layers(cfg: dict, context: dict) -> list[tuple[str, dict]]:
@@ -74,22 +95,23 @@ def override_layers(cfg: dict, context: dict) -> list[tuple[str, dict]]:
 
 
 def run_layers(cfg: dict, dataset, task, method, stage, setting=None, nshot=None, ishot=None,
-               step=0) -> list[tuple[str, dict]]:
-    """(where, fragment) of every section one run reads, in the order they are merged."""
+               step=0, protocol="fewshot") -> list[tuple[str, dict]]:
+    """(where, fragment) of every section one run reads, in the order they are merged.
+    `protocol`: fewshot, or a continual run's (its step-0 protocol for a step-0 run)."""
     ds = cfg["datasets"][dataset]
-    part = "step0" if stage == "step0" else setting
+    part = dataset_part(stage, setting, protocol)
     layers = [("run", cfg["run"]), (f"datasets.{dataset}.run", ds["run"]),
               (f"datasets.{dataset}.{part}", ds[part])]
     layers += method_layers(cfg["methods"], method, stage)
     context = run_context(cfg["methods"], dataset, task, method, stage, setting, nshot, ishot,
-                          step)
+                          step, protocol)
     return layers + override_layers(cfg, context)
 
 
 def run_settings(cfg: dict, dataset, task, method, stage, setting=None, nshot=None, ishot=None,
-                 step=0) -> dict:
+                 step=0, protocol="fewshot") -> dict:
     """The merged run fragment of one run (a partial `ifss train` config)."""
-    layers = run_layers(cfg, dataset, task, method, stage, setting, nshot, ishot, step)
+    layers = run_layers(cfg, dataset, task, method, stage, setting, nshot, ishot, step, protocol)
     return functools.reduce(merge, (fragment or {} for _, fragment in layers), {})
 
 

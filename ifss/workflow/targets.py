@@ -1,27 +1,42 @@
 """What the workflow makes: each table's runs and metrics files, the figures, the default target
-list; and which task's step-0 run a task reuses."""
+list; and which task's step-0 run a task reuses.
+
+Tables and figures have a `kind` (filled in by the schema): few-shot tables (the default; runs
+per shot and split) and continual tables (runs per protocol); comparison figures (the default;
+qualitative masks and t-SNE of compared models) and per_step figures (mIoU after each step of a
+continual task)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from ifss.tasks import get_task, task_names
-from ifss.workflow.paths import figure_files, step_dir, table_files
+from ifss.workflow.paths import continual_step_dir, figure_files, step_dir, table_files
 
 Registered = Callable[[str], bool]  # is a configured name's method registered?
 
 
-def step0_task(dataset: str, task: str) -> str:
-    """The task whose step-0 run `task` uses: the first task with the same step-0 classes.
+def is_continual(spec: dict) -> bool:
+    """A continual table or a per_step figure (runs of the continual protocols)."""
+    return spec.get("kind") in ("continual", "per_step")
 
-    Step 0 depends only on its classes, so 5-0m uses 5-0's step-0 run (15-1 uses 15-5's) and
-    the same base model is not trained twice.
+
+def step0_task(dataset: str, task: str) -> str:
+    """The task whose step-0 run `task` uses: the first task of the same family (the same name
+    before the first '-') with the same step-0 classes, else the first with those classes.
+
+    Step 0 depends only on its classes, so 5-0m uses 5-0's step-0 run (15-1 uses 15-5's, 10-1
+    and 10-5-5 use 10-10's) and the same base model is not trained twice; the family keeps
+    15-5's folder its own although VOC's fold 5-3 has the same classes.
     """
     classes = get_task(dataset, task).steps[0]
-    return next(t for t in task_names(dataset) if get_task(dataset, t).steps[0] == classes)
+    same = [t for t in task_names(dataset) if get_task(dataset, t).steps[0] == classes]
+    family = task.split("-")[0]
+    return next((t for t in same if t.split("-")[0] == family), same[0])
 
 
 def table_runs(table: dict, registered: Registered) -> list[tuple]:
-    """(task, method, nshot, ishot, last step) of each run a table reads (registered methods)."""
+    """(task, method, nshot, ishot, last step) of each run a few-shot table reads (registered
+    methods)."""
     runs = []
     for task in table["tasks"]:
         last = get_task(table["dataset"], task).num_steps - 1
@@ -34,8 +49,24 @@ def table_runs(table: dict, registered: Registered) -> list[tuple]:
     return runs
 
 
+def table_protocols(table: dict, task: str) -> list[str]:
+    """A continual table's protocols of `task` (`protocols`: one list, or a list per task)."""
+    protocols = table["protocols"]
+    return protocols[task] if isinstance(protocols, dict) else protocols
+
+
+def continual_table_runs(table: dict, registered: Registered) -> list[tuple]:
+    """(task, protocol, method, last step) of each run a continual table reads."""
+    return [(task, protocol, method, get_task(table["dataset"], task).num_steps - 1)
+            for task in table["tasks"] for protocol in table_protocols(table, task)
+            for method in table["methods"] if registered(method)]
+
+
 def table_metrics(table: dict, registered: Registered) -> list[str]:
     """The metrics.json of the last step of each run the table reads."""
+    if table.get("kind") == "continual":
+        return [f"{continual_step_dir(table['dataset'], *run)}/metrics.json"
+                for run in continual_table_runs(table, registered)]
     return [f"{step_dir(table['dataset'], *run)}/metrics.json"
             for run in table_runs(table, registered)]
 
@@ -44,12 +75,21 @@ def figure_methods_registered(figure: dict, registered: Registered) -> bool:
     return all(registered(m) for m in figure["methods"])
 
 
+def figure_outputs(name: str, figure: dict) -> dict[str, str]:
+    return figure_files(name, figure.get("kind", "comparison"))
+
+
 def all_targets(tables: dict, figures: dict, registered: Registered) -> list[str]:
-    """Every table's files, and every figure whose compared methods are all registered."""
+    """Every table's files; every comparison figure whose compared methods are all registered,
+    every per_step figure with a registered method (a line per registered method)."""
     paths = [path for name in tables for path in table_files(name).values()]
-    paths += [path for name, figure in figures.items()
-              if figure_methods_registered(figure, registered)
-              for path in figure_files(name).values()]
+    for name, figure in figures.items():
+        if figure.get("kind") == "per_step":
+            wanted = any(registered(m) for m in figure["methods"])
+        else:
+            wanted = figure_methods_registered(figure, registered)
+        if wanted:
+            paths += figure_outputs(name, figure).values()
     return paths
 
 

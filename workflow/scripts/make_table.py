@@ -1,16 +1,21 @@
-"""Rule `table`: metrics.json files -> results/tables/<name>{.csv,.md,_runs.csv,_per_class.csv}."""
+"""Rule `table`: metrics.json files -> results/tables/<name>{.csv,.md,_runs.csv,_per_class.csv}
+(a few-shot table: ifss.results; kind continual: ifss.continual_results)."""
 import logging
 
+from ifss.continual_results import write_continual_tables
 from ifss.results import write_tables
 
 sm = snakemake  # noqa: F821 (the object Snakemake gives a script)
 logging.basicConfig(filename=sm.log[0], level=logging.INFO)
 spec = sm.params.spec
+files = (sm.input.metrics, sm.output.csv, sm.output.md, sm.output.runs, sm.output.per_class)
 try:
-    summary = write_tables(
-        sm.input.metrics, sm.output.csv, sm.output.md, sm.output.runs, sm.output.per_class,
-        methods=spec["methods"], shots=spec["shots"], title=spec["title"],
-    )
+    if spec.get("kind") == "continual":
+        summary = write_continual_tables(*files, methods=spec["methods"], tasks=spec["tasks"],
+                                         protocols=spec["protocols"], title=spec["title"])
+    else:
+        summary = write_tables(*files, methods=spec["methods"], shots=spec["shots"],
+                               title=spec["title"])
 except Exception:
     logging.exception("table %s failed", spec["name"])
     raise
