@@ -11,7 +11,8 @@ import torch
 from ifss.bench import run_bench, sizes_for
 from ifss.bench import gpu, resources, throughput
 from ifss.bench.context import Context
-from ifss.bench.harness import MemorySet, build_setup, carried_state, synthetic_root
+from ifss.bench.carried import carried_state
+from ifss.bench.harness import MemorySet, build_setup, synthetic_root
 from ifss.bench.report import figure
 from ifss.bench.timing import interleaved
 from ifss.cli import main

@@ -51,7 +51,7 @@ class Sizes:
     task: str = "5-0"
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
     # iterations of the in-memory step-0 run (main phase and each extra phase) that makes the
-    # state a method carries to step 1 (ifss.bench.harness.carried_state; never timed)
+    # state a method carries to step 1 (ifss.bench.carried.carried_state; never timed)
     step0_iterations: int = 2
     # method -> params of its run (default: the method's own, the papers' sizes)
     method_params: dict = field(default_factory=dict)

@@ -4,7 +4,7 @@
                      the amortised share of the resume checkpoint
 2. method overhead   each method's step / FT's (MCLOS / PIFS), or its prepare time; a method
                      with a step-0 run of its own starts step 1 from the state that run carries
-                     (ifss.bench.harness.carried_state, made before the timing)
+                     (ifss.bench.carried.carried_state, made before the timing)
 """
 from __future__ import annotations
 
