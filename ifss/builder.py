@@ -185,7 +185,7 @@ def build_method(run: ResolvedRun, runtime: Runtime, model: nn.Module, ckpt: dic
     method.attach(model)
     if ckpt is not None:
         if ckpt.get("method"):
-            method.load_state_dict(ckpt["method"])
+            method.carry(ckpt["method"])
         method.load_modules(ckpt.get("modules", {}), str(run.cfg.previous))
     return method
 

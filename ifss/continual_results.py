@@ -19,14 +19,10 @@ import pandas as pd
 
 from ifss.atomic import atomic_path, write_text
 from ifss.errors import IfssError
-from ifss.results import load_metrics, per_class_frame, row_name
+from ifss.results import load_metrics, per_class_frame, percent, row_name
 
 METRICS = ("old", "new", "all")
 SOURCE = {"old": "miou_base", "new": "miou_novel", "all": "miou_all"}
-
-
-def _pct(value):
-    return None if value is None else 100.0 * value
 
 
 def protocol_of(record: dict) -> str:
@@ -42,8 +38,8 @@ def continual_runs_frame(records: Sequence[dict]) -> pd.DataFrame:
             "dataset": r["dataset"], "task": r["task"], "protocol": protocol_of(r),
             "method": row_name(r), "registered_method": r["method"],
             "base_method": r["base_method"], "step": r["step"], "num_steps": r["num_steps"],
-            **{m: _pct(r.get(SOURCE[m])) for m in METRICS},
-            "pixel_accuracy": _pct(r.get("pixel_accuracy")), "seed": r.get("seed"),
+            **{m: percent(r.get(SOURCE[m])) for m in METRICS},
+            "pixel_accuracy": percent(r.get("pixel_accuracy")), "seed": r.get("seed"),
             "iterations": r.get("iterations"), "wall_time_s": r.get("wall_time_s"),
             "device": r.get("device"), "metrics": r["_path"],
         })
@@ -90,8 +86,7 @@ def _fmt(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{value:.1f}"
 
 
-def continual_markdown(summary: pd.DataFrame, title: str = "",
-                       num_base: Mapping[str, str] | None = None) -> str:
+def continual_markdown(summary: pd.DataFrame, title: str = "") -> str:
     """A markdown table: a header row per task and protocol, then old / new / all."""
     cells = list(dict.fromkeys((t, p) for t, p, _ in summary.columns))
     header = ["Method"] + [f"{t} {p} {m}" for t, p in cells for m in METRICS]
@@ -152,7 +147,7 @@ def per_step_frame(runs: Mapping[str, Sequence[str | Path]]) -> pd.DataFrame:
                 raise IfssError(f"{record['_path']} is step {record['step']}, expected step "
                                 f"{expected} of {method}'s runs")
             rows.append({"method": method, "step": record["step"],
-                         **{m: _pct(record.get(SOURCE[m])) for m in METRICS},
+                         **{m: percent(record.get(SOURCE[m])) for m in METRICS},
                          "metrics": record["_path"]})
     frame = pd.DataFrame(rows)
     for col in METRICS:

@@ -62,7 +62,7 @@ def load_metrics(paths: Iterable[str | Path]) -> list[dict]:
     return records
 
 
-def _pct(value):
+def percent(value):
     return None if value is None else 100.0 * value
 
 
@@ -80,10 +80,10 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
             "method": row_name(r), "registered_method": r["method"],
             "base_method": r["base_method"], "nshot": r["nshot"],
             "ishot": r["ishot"], "step": r["step"], "num_steps": r["num_steps"],
-            "mIoU-B": _pct(r["miou_base"]), "mIoU-N": _pct(r["miou_novel"]),
-            "mIoU-all": _pct(r.get("miou_all")),
-            "HM": _pct(harmonic_mean(r["miou_base"], r["miou_novel"])),
-            "pixel_accuracy": _pct(r.get("pixel_accuracy")),
+            "mIoU-B": percent(r["miou_base"]), "mIoU-N": percent(r["miou_novel"]),
+            "mIoU-all": percent(r.get("miou_all")),
+            "HM": percent(harmonic_mean(r["miou_base"], r["miou_novel"])),
+            "pixel_accuracy": percent(r.get("pixel_accuracy")),
             "seed": r.get("seed"), "iterations": r.get("iterations"),
             "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "metrics": r["_path"],
         })
@@ -108,7 +108,7 @@ def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
                 "method": row_name(r), "nshot": r["nshot"], "ishot": r["ishot"],
                 "step": r["step"],
                 "class_index": index, "class_id": class_id, "class": name,
-                "novel": index >= num_base, "IoU": _pct(iou),
+                "novel": index >= num_base, "IoU": percent(iou),
             })
     frame = pd.DataFrame(rows)
     frame["IoU"] = frame["IoU"].astype(float)

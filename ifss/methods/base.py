@@ -34,6 +34,7 @@ class Method:
         self.params, self.cfg, self.runtime = params, cfg, runtime
         self.step = cfg.step
         self.old_model: nn.Module | None = None
+        self.carried: dict = {}  # the previous step's `state_dict()` (see `carry`)
         self._modules: dict[str, nn.Module] = {}
         unknown = set(self.needs) - set(DATA_KEYS)
         if unknown:
@@ -132,5 +133,10 @@ class Method:
         importance weights)."""
         return {}
 
+    def carry(self, state: dict) -> None:
+        """The previous step's `state_dict()`, from its model.pt, handed over before `prepare`
+        (which sizes this step's state and reads `self.carried`)."""
+        self.carried = state
+
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """This step's own state from resume.pt, after `prepare`."""

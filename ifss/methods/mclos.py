@@ -219,8 +219,6 @@ class MCLOS(PIFS):
         self.memory: ContrastMemory | None = None
         self.iteration = 0  # iterations of this step so far, this one included
         self.warmup_iterations = 0
-        self._carried: dict = {}
-        self._prepared = False
 
     @property
     def pixels_per_image_class(self) -> int:
@@ -237,8 +235,7 @@ class MCLOS(PIFS):
                                          model.classifier.in_channels,
                                          region=self.params.memory == "pixel+region")
             self.memory.to(self.runtime.device)
-        self._prepared = True
-        self._apply(self._carried)
+        self.load_state_dict(self.carried)  # the previous step's memory, grown to this step
 
     def before_step(self, iteration: int, total: int) -> None:
         self.iteration = iteration + 1
@@ -297,13 +294,6 @@ class MCLOS(PIFS):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """The previous step's state (before `prepare`) or this step's resume state (after)."""
-        self._carried = state
-        if self._prepared:
-            self._apply(state)
-
-    def _apply(self, state: dict) -> None:
-        if not state:
-            return
+        """The memory of the previous step (from `prepare`) or of this step (resume)."""
         if self.memory is not None and state.get("memory"):
             self.memory.load_carried(state["memory"])

@@ -43,6 +43,7 @@ resumable accumulators while training and, after `finish`, the importance for th
 """
 from __future__ import annotations
 
+import abc
 import logging
 
 import torch
@@ -115,7 +116,7 @@ def flat_copy(tensors: Tensors) -> torch.Tensor:
 
 # --- the methods ---------------------------------------------------------------------------------
 
-class ImportanceRegularization(Method):
+class ImportanceRegularization(Method, abc.ABC):
     """Cross-entropy + λ Σ W (θ − θ_old)²; subclasses say which importance they track."""
 
     kind = ""  # the state's tag: ewc | pi | rw
@@ -292,7 +293,12 @@ class ImportanceRegularization(Method):
         return {"kind": self.kind, "step": self.step, "final": False,
                 **{key: self._by_name(getattr(self, key)) for key in self.running}}
 
+    def carry(self, state: dict) -> None:
+        self.load_state_dict(state)  # a final state of the step before: checked and kept
+
     def load_state_dict(self, state: dict) -> None:
+        """The previous step's final importance (via `carry`, before `prepare`) or this step's
+        running accumulators (resume); anything else is refused."""
         if not state:
             return
         kind, step, final = state.get("kind"), state.get("step"), state.get("final")
@@ -330,13 +336,13 @@ class ImportanceRegularization(Method):
 
     # -- what each method defines ------------------------------------------------------------------
 
+    @abc.abstractmethod
     def final_importance(self) -> dict[str, torch.Tensor]:
         """The importance the next step reads, flat, by state key."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def penalty_weight(self, importance: dict[str, torch.Tensor], norm) -> torch.Tensor:
         """W of one parameter from its `final_keys` entries, `norm` the normalisation."""
-        raise NotImplementedError
 
 
 class ElasticWeightConsolidation(ImportanceRegularization):

@@ -127,7 +127,6 @@ class SDR(Method):
         super().__init__(params, cfg, runtime)
         self.prototypes: torch.Tensor | None = None  # C x D running means
         self.counts: torch.Tensor | None = None  # C pixels each mean has seen
-        self._carried: dict = {}
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # staged by `loss`
 
     def prepare(self, model: nn.Module, old_model: nn.Module | None, data: StepData) -> None:
@@ -137,8 +136,8 @@ class SDR(Method):
         device = self.runtime.device
         self.prototypes = torch.zeros(data.num_classes, model.body.out_channels, device=device)
         self.counts = torch.zeros(data.num_classes, dtype=torch.long, device=device)
-        if self._carried.get("prototypes") is not None:
-            self._apply(self._carried)
+        if self.carried.get("prototypes") is not None:
+            self.load_state_dict(self.carried)
         elif self.step > 0:
             log.warning("SDR step %d starts without prototypes (the previous checkpoint carries "
                         "none): the old classes are matched to zero vectors; start from an SDR "
@@ -205,15 +204,12 @@ class SDR(Method):
             return {}
         return {"prototypes": self.prototypes.clone(), "counts": self.counts.clone()}
 
-    def load_state_dict(self, state: dict) -> None:
-        """The previous step's prototypes (before `prepare`: kept until it sizes this step's) or
-        this step's on resume (after)."""
-        self._carried = state
-        if self.prototypes is not None and state.get("prototypes") is not None:
-            self._apply(state)
-
     @torch.no_grad()
-    def _apply(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
+        """The previous step's prototypes (from `prepare`, grown by zero rows for the new
+        classes) or this step's (resume)."""
+        if state.get("prototypes") is None:
+            return
         protos, counts = state["prototypes"], state.get("counts")
         rows, dim = self.prototypes.shape
         if not (isinstance(protos, torch.Tensor) and protos.dim() == 2
