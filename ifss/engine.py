@@ -60,6 +60,7 @@ class Phase:
     before_step: Callable[[int, int], None] | None = None  # (iteration, total)
     after_backward: Callable[[int], None] | None = None
     after_step: Callable[[int], None] | None = None
+    unused_parameters: bool = False  # some iterations leave parts of `forward` without gradient
 
 
 def to_device(batch: dict, runtime: Runtime) -> dict:
@@ -98,18 +99,22 @@ def main_phase(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfi
             generator=torch.Generator().manual_seed(cfg.seed + start),
         )
 
+    # only a method that asks for logits at the features' size passes the keyword: a model
+    # given in a test may not take it
+    options = {} if method.upsample_logits else {"upsample": False}
+
     def loss(batch: dict, net: nn.Module) -> dict[str, torch.Tensor]:
-        out = net(batch["image"])
+        out = net(batch["image"], **options)
         old_out = None
         if method.old_model is not None:
             with torch.no_grad():
-                old_out = method.old_model(batch["image"])
+                old_out = method.old_model(batch["image"], **options)
         return method.loss(batch, out, old_out)
 
     return Phase(MAIN, total, method.param_groups(model, cfg.train), cfg.train, loader, loss,
                  lambda: method.train_mode(model), forward=model,
                  before_step=method.before_step, after_backward=method.after_backward,
-                 after_step=method.after_step)
+                 after_step=method.after_step, unused_parameters=method.unused_parameters)
 
 
 def train(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig, runtime: Runtime,
@@ -144,7 +149,8 @@ def _run_phase(phase: Phase, index: int, model, method, cfg: RunConfig, runtime:
     net = phase.forward
     if net is not None and runtime.distributed:
         net = DistributedDataParallel(
-            net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+            net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=phase.unused_parameters)
     # DDP averages the gradients of what runs through it; the engine averages the rest.
     covered = {id(p) for p in net.parameters()} if isinstance(net, DistributedDataParallel) else set()
     unsynced = [p for p in trained if id(p) not in covered]

@@ -146,15 +146,18 @@ def class_names(cfg: RunConfig, task: Task) -> list[str]:
     return task.class_names(cfg.step)
 
 
-def metrics_record(run: ResolvedRun, summary: dict, extra: dict) -> dict:
+def metrics_record(run: ResolvedRun, summary: dict, extra: dict,
+                   tests: dict | None = None) -> dict:
+    """`summary` of the main test; `tests`: split -> summary of each extra test (a "tests" key
+    only when there are some)."""
     cfg, task = run.cfg, run.task
     return {
         "dataset": cfg.dataset, "task": cfg.task, "method": cfg.method,
         "label": cfg.label or cfg.method, "base_method": run.info.base,
         "step": cfg.step, "num_steps": task.num_steps, "nshot": cfg.nshot, "ishot": cfg.ishot,
         "classes": class_names(cfg, task), "class_ids": list(task.order(cfg.step)),
-        "num_base": task.num_base, **summary, "config": to_dict(cfg), "versions": versions(),
-        "seed": cfg.seed, **extra,
+        "num_base": task.num_base, **summary, **({"tests": tests} if tests else {}),
+        "config": to_dict(cfg), "versions": versions(), "seed": cfg.seed, **extra,
     }
 
 
@@ -173,10 +176,20 @@ def save_model(path: Path, model, run: ResolvedRun, method) -> None:
     }, path)
 
 
-def evaluate(model, data, cfg: RunConfig, runtime: Runtime) -> dict:
-    """Dense mIoU on the step's test set (base / novel / all / HM)."""
-    return engine.evaluate_dense(model, data.test, data.task.num_base, runtime,
-                                 cfg.eval.batch_size, cfg.data.workers)
+def evaluate(model, data, cfg: RunConfig, runtime: Runtime) -> tuple[dict, dict]:
+    """Dense mIoU (base / novel / all / HM) on the step's test set, and split -> the same on each
+    of the dataset's extra test splits."""
+    def on(dataset):
+        return engine.evaluate_dense(model, dataset, data.task.num_base, runtime,
+                                     cfg.eval.batch_size, cfg.data.workers)
+
+    return on(data.test), {split: on(dataset) for split, dataset in data.extra_tests.items()}
+
+
+def log_summaries(summary: dict, tests: dict) -> None:
+    log.info("mIoU base %s novel %s all %s HM %s", *_pcts(summary))
+    for split, extra in tests.items():
+        log.info("%s: mIoU base %s novel %s all %s HM %s", split, *_pcts(extra))
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path) -> dict:
@@ -203,7 +216,7 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
     log.info("%s %s %s step %d (nshot %d, ishot %d) on %s", cfg.method, cfg.dataset, cfg.task,
              cfg.step, cfg.nshot, cfg.ishot, runtime.device)
     seed_everything(cfg.seed)
-    data = build_step_data(cfg, run.task, image_labels="image_labels" in run.method_cls.needs)
+    data = build_step_data(cfg, run.task, needs=run.method_cls.data_needs(cfg))
     model, old_model, ckpt = build_step_models(run, runtime)
     method = build_method(run, runtime, model, ckpt)
     engine.check_resume(run_dir / engine.RESUME_FILE, cfg, model)
@@ -228,7 +241,7 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
         iterations = engine.train(model, method, data.train, cfg, runtime, run_dir, writer,
                                   method.extra_phases(model, data))
         method.finish(model, data)
-        summary = evaluate(model, data, cfg, runtime)
+        summary, tests = evaluate(model, data, cfg, runtime)
     finally:
         if writer is not None:
             writer.close()
@@ -236,18 +249,18 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
         "iterations": iterations, "train_images": len(data.train),
         "device": str(runtime.device), "world_size": runtime.world,
         "wall_time_s": round(time.time() - started, 2),
-    })
+    }, tests)
     if runtime.is_main:
         save_model(run_dir / "model.pt", model, run, method)
         atomic.write_json(run_dir / "metrics.json", record)
         (run_dir / engine.RESUME_FILE).unlink(missing_ok=True)
-        log.info("mIoU base %s novel %s all %s HM %s", *(_pct(record[k]) for k in
-                 ("miou_base", "miou_novel", "miou_all", "hm")))
+        log_summaries(summary, tests)
     return record
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+def _pcts(summary: dict) -> list[str]:
+    return ["-" if summary[k] is None else f"{100 * summary[k]:.1f}"
+            for k in ("miou_base", "miou_novel", "miou_all", "hm")]
 
 
 def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> dict:
@@ -262,13 +275,14 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
         ensure_dataset(cfg)
         data = build_step_data(cfg, run.task)
         model.to(runtime.device)
-        summary = evaluate(model, data, cfg, runtime)
+        summary, tests = evaluate(model, data, cfg, runtime)
         record = metrics_record(run, summary, {
             "checkpoint": str(checkpoint), "device": str(runtime.device),
             "wall_time_s": round(time.time() - started, 2),
-        })
+        }, tests)
         if runtime.is_main:
             atomic.write_json(out_dir / "metrics.json", record)
+            log_summaries(summary, tests)
         return record
     finally:
         teardown()

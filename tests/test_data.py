@@ -141,8 +141,7 @@ def test_missing_root_says_how_to_make_it(tmp_path):
 
 def test_image_labels_describe_the_whole_image(synth_root):
     cfg = build_config(None, [f"data.root={synth_root}", "data.crop_size=16"])
-    data = build_step_data(cfg, get_task("synthetic", "5-0"))
-    data.train.with_image_labels = True
+    data = build_step_data(cfg, get_task("synthetic", "5-0"), needs={"label", "image_labels"})
     _, full_label = data.train.load(0)
     expected = set(full_label.unique().tolist()) - {255}
     sample = data.train[(0, 7)]

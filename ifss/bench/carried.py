@@ -52,8 +52,7 @@ def seeded_step(run, runtime: Runtime, base: dict | None):
     from ifss.run import seed_everything
 
     seed_everything(run.cfg.seed)
-    data = build_step_data(run.cfg, run.task,
-                           image_labels="image_labels" in run.method_cls.needs)
+    data = build_step_data(run.cfg, run.task, needs=run.method_cls.data_needs(run.cfg))
     model = run.model()
     if base:
         load_matching(model, base)

@@ -70,6 +70,10 @@ DEMO_MCLOS_PARAMS = dict(memory_size=200, memory_candidates=32, anchors_per_clas
                          max_anchors=64, num_pos=32, num_neg=128, pixels_per_class=10,
                          pixels_per_class_step0=2)
 
+# WILSON's localizer at the demo's width (config/config.yaml): 256 channels (the paper's, for a
+# 2048-channel body) would outweigh the tiny model's 64-channel head
+DEMO_WILSON_PARAMS = dict(localizer_channels=64)
+
 SIZES = {
     ("cuda", False): Sizes(**PAPER_MODEL, batch=8, iterations=10, warmup=1, repeats=5,
                            method_iterations=10, method_warmup=1, method_repeats=3,
@@ -84,7 +88,8 @@ SIZES = {
                            repeats=3, method_iterations=8, method_warmup=1, method_repeats=3,
                            eval_images=8, eval_batch=8, loader_batches=5, workers=2,
                            workflow_repeats=0, threads=1,
-                           method_params={"MCLOS": DEMO_MCLOS_PARAMS}),
+                           method_params={"MCLOS": DEMO_MCLOS_PARAMS,
+                                          "WILSON": DEMO_WILSON_PARAMS}),
 }
 
 

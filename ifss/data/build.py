@@ -1,15 +1,23 @@
 """The train and test sets of one step of one run."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from ifss.config import RunConfig
 from ifss.data import fewshot, incremental, transforms
 from ifss.data.index import images_per_class, load_image_classes
 from ifss.data.layout import Layout, layout_for
-from ifss.data.segmentation import SegmentationSet
+from ifss.data.records import get_dataset
+from ifss.data.segmentation import SegmentationSet, class_positions
 from ifss.errors import IfssError
 from ifss.tasks import Task
+
+log = logging.getLogger("ifss")
+
+# What a step's training samples can carry besides the image (a method's `needs`): pixel
+# labels, multi-hot image-level labels.
+DATA_KEYS = ("label", "image_labels")
 
 
 @dataclass
@@ -19,7 +27,9 @@ class StepData:
     train: SegmentationSet  # augmented
     train_plain: SegmentationSet  # same samples, no augmentation (imprinting, prototypes)
     test: SegmentationSet
-    image_classes: dict[str, list[int]]  # train image id -> original class ids it holds
+    image_classes: dict[str, list[int]]  # image id of the step's train split -> its class ids
+    # split -> a test set evaluated besides `test` (the record's extra_tests), same labels
+    extra_tests: dict[str, SegmentationSet] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -67,24 +77,64 @@ def continual_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[
     return [(i, lut) for i in ids]
 
 
+def train_split(dataset: str, step: int) -> str:
+    """The split step `step` trains on: the record's `train_splits[min(step, len - 1)]`."""
+    splits = get_dataset(dataset).train_splits
+    return splits[min(step, len(splits) - 1)]
+
+
+def step_image_classes(cfg: RunConfig, task: Task, layout: Layout, split: str):
+    """The class index of `split`. data.class_index (what `ifss splits` makes) indexes the first
+    train split only; a step training on another split uses that split's own index cached beside
+    the data, and says so once, instead of refusing an index that was never meant for it."""
+    index = cfg.data.class_index
+    first = get_dataset(cfg.dataset).train_splits[0]
+    if index and split != first:
+        log.info("step %d trains on the %s split; data.class_index %s indexes %s, so the class "
+                 "index of %s is the one cached under %s", cfg.step, split, index, first, split,
+                 layout.root / ".ifss")
+        index = ""
+    return load_image_classes(layout, split, task.label_space, index)
+
+
 def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
-                    image_labels: bool = False) -> StepData:
-    """The step's sets; `image_labels`: training samples also carry multi-hot image labels."""
+                    needs: frozenset[str] = frozenset({"label"})) -> StepData:
+    """The step's sets, training on the step's split (`train_split`) and testing on "val" and the
+    record's `extra_tests`.
+
+    `needs` (keys of DATA_KEYS) says what the training samples carry besides the image:
+    "label", the remapped pixel labels (without it no training label file is ever opened, so a
+    weak step cannot see the pixels); "image_labels", multi-hot vectors over `task.order(step)`
+    of the classes each image holds, read from the class index (the whole image, before any crop;
+    old classes included, future ones never). Test sets always read their labels.
+    """
+    unknown = set(needs) - set(DATA_KEYS)
+    if unknown:
+        raise IfssError(f"the training data was asked for {sorted(unknown)}, which a step's data "
+                        f"cannot carry; ask a method's `needs` or `data_needs` for "
+                        f"{', '.join(DATA_KEYS)} only")
     layout = layout or layout_for(cfg.dataset, cfg.data.root)
     layout.check()
-    image_classes = load_image_classes(layout, "train", task.label_space, cfg.data.class_index)
+    split = train_split(cfg.dataset, cfg.step)
+    image_classes = step_image_classes(cfg, task, layout, split)
     samples = train_samples(cfg, task, image_classes)
-    num_classes = len(task.order(cfg.step))
-    common = dict(label_space=task.label_space, num_classes=num_classes)
+    order = task.order(cfg.step)
+    common = dict(label_space=task.label_space, num_classes=len(order))
+    carried = dict(read_labels="label" in needs, image_labels=(
+        class_positions({i: image_classes[i] for i, _ in samples}, order)
+        if "image_labels" in needs else None))
     d = cfg.data
     train = SegmentationSet(
-        layout, "train", samples,
-        transforms.train_transform(d.crop_size, d.scale_min, d.scale_max),
-        with_image_labels=image_labels, **common,
+        layout, split, samples,
+        transforms.train_transform(d.crop_size, d.scale_min, d.scale_max), **carried, **common,
     )
-    plain = SegmentationSet(layout, "train", samples, transforms.test_transform(), **common)
+    plain = SegmentationSet(layout, split, samples, transforms.test_transform(), **carried,
+                            **common)
     lut = incremental.test_lut(task, cfg.step, cfg.data.protocol)
-    test = SegmentationSet(
-        layout, "val", [(i, lut) for i in layout.ids("val")], transforms.test_transform(), **common
-    )
-    return StepData(task, cfg.step, train, plain, test, image_classes)
+
+    def test_set(test_split: str) -> SegmentationSet:
+        return SegmentationSet(layout, test_split, [(i, lut) for i in layout.ids(test_split)],
+                               transforms.test_transform(), **common)
+
+    extra = {s: test_set(s) for s in get_dataset(cfg.dataset).extra_tests}
+    return StepData(task, cfg.step, train, plain, test_set("val"), image_classes, extra)

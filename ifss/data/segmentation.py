@@ -1,7 +1,7 @@
 """The segmentation dataset: (image id, label lookup table) samples -> dict batches."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -18,6 +18,11 @@ from ifss.errors import IfssError
 class SegmentationSet(Dataset):
     """Each sample is an image id with its own LUT (few-shot images differ in what they keep).
 
+    `read_labels=False`: samples carry no "label" and no label file is opened (a weak step trains
+    from image-level labels only, so it must not be able to see the pixels). `image_labels`: per
+    image id, the positions (in the step's class order) of the classes the image holds; samples
+    then carry them as a multi-hot "image_labels" vector.
+
     An index may come as `(index, seed)`: the random transform then runs under that seed, so a
     resumed run draws the same augmentations as an uninterrupted one.
     """
@@ -30,19 +35,24 @@ class SegmentationSet(Dataset):
         transform: Callable,
         label_space: str,
         num_classes: int,
-        with_image_labels: bool = False,
+        image_labels: Mapping[str, tuple[int, ...]] | None = None,
+        read_labels: bool = True,
     ):
         self.layout, self.split, self.samples = layout, split, samples
         self.transform, self.label_space = transform, label_space
-        self.num_classes, self.with_image_labels = num_classes, with_image_labels
+        self.num_classes, self.image_labels = num_classes, image_labels
+        self.read_labels = read_labels
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image (uint8) and its remapped label, before any transform."""
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image (uint8) and its remapped label (None without `read_labels`), before any
+        transform."""
         image_id, lut = self.samples[index]
         image = read_image(self.layout.image_path(self.split, image_id))
+        if not self.read_labels:
+            return image, None
         label_path = self.layout.label_path(self.split, image_id)
         label = read_label(label_path)
         if tuple(label.shape) != tuple(image.shape[1:]):
@@ -63,31 +73,40 @@ class SegmentationSet(Dataset):
     def __getitem__(self, key) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.load(index)
-        # image-level labels describe the whole image, so they come before any crop
-        present = image_labels(label, self.num_classes) if self.with_image_labels else None
-        image, label = tv_tensors.Image(image), tv_tensors.Mask(label)
+        inputs = (tv_tensors.Image(image),)
+        if label is not None:
+            inputs += (tv_tensors.Mask(label),)
         if seed is None:
-            image, label = self.transform(image, label)
+            outputs = self.transform(*inputs)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                image, label = self.transform(image, label)
-        sample = {
-            "image": image.as_subclass(torch.Tensor),
-            "label": label.as_subclass(torch.Tensor),
-            "index": index,
-        }
-        if present is not None:
-            sample["image_labels"] = present
+                outputs = self.transform(*inputs)
+        if label is None:  # a lone input comes back alone
+            outputs = (outputs,)
+        sample = {"image": outputs[0].as_subclass(torch.Tensor), "index": index}
+        if label is not None:
+            sample["label"] = outputs[1].as_subclass(torch.Tensor)
+        if self.image_labels is not None:
+            sample["image_labels"] = multi_hot(self.image_labels[self.samples[index][0]],
+                                               self.num_classes)
         return sample
 
 
-def image_labels(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Multi-hot vector of the classes present in a (remapped) label map; void ignored."""
-    present = torch.unique(label)
-    present = present[present != IGNORE].long()
+def class_positions(image_classes: Mapping[str, Iterable[int]], order: tuple[int, ...]
+                    ) -> dict[str, tuple[int, ...]]:
+    """Per image id, the positions in `order` of the original classes the image holds (from the
+    class index, so old classes count even where the step's labels turn them into background;
+    classes outside `order`, future ones, are left out)."""
+    position = {c: i for i, c in enumerate(order)}
+    return {image_id: tuple(sorted(position[c] for c in classes if c in position))
+            for image_id, classes in image_classes.items()}
+
+
+def multi_hot(positions: Iterable[int], num_classes: int) -> torch.Tensor:
+    """Float vector of `num_classes` with 1 at `positions`."""
     labels = torch.zeros(num_classes)
-    labels[present] = 1.0
+    labels[list(positions)] = 1.0
     return labels
 
 
@@ -100,5 +119,6 @@ def pad_collate(batch: list[dict]) -> dict:
         for s in batch:
             dh, dw = h - s["image"].shape[-2], w - s["image"].shape[-1]
             s["image"] = F.pad(s["image"], (0, dw, 0, dh), value=0.0)
-            s["label"] = F.pad(s["label"], (0, dw, 0, dh), value=IGNORE)
+            if "label" in s:
+                s["label"] = F.pad(s["label"], (0, dw, 0, dh), value=IGNORE)
     return default_collate(batch)

@@ -13,15 +13,12 @@ import torch
 from torch import nn
 
 from ifss.config import RunConfig, TrainConfig
-from ifss.data.build import StepData
+from ifss.data.build import DATA_KEYS, StepData
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
 from ifss.losses import segmentation_ce
 from ifss.methods.params import NoParams
 from ifss.models.norm import fix_norm_statistics
-
-# What a step's batches can carry (`needs`): pixel labels, multi-hot image-level labels.
-DATA_KEYS = ("label", "image_labels")
 
 
 class Method:
@@ -29,6 +26,8 @@ class Method:
     uses_old_model = False  # True: the engine runs `self.old_model` on each batch
     trains = True  # False: no gradient step in the main phase (imprinting methods)
     needs: frozenset[str] = frozenset({"label"})  # keys of DATA_KEYS the step's batches carry
+    upsample_logits = True  # False: out["logits"] (and the old model's) at the features' size
+    unused_parameters = False  # True: some iterations leave parts of the model without gradient
 
     def __init__(self, params, cfg: RunConfig, runtime: Runtime):
         self.params, self.cfg, self.runtime = params, cfg, runtime
@@ -36,10 +35,18 @@ class Method:
         self.old_model: nn.Module | None = None
         self.carried: dict = {}  # the previous step's `state_dict()` (see `carry`)
         self._modules: dict[str, nn.Module] = {}
-        unknown = set(self.needs) - set(DATA_KEYS)
+        self.data_needs(cfg)  # an unknown need fails here too, for a method built without data
+
+    @classmethod
+    def data_needs(cls, cfg: RunConfig) -> frozenset[str]:
+        """What the batches of step `cfg.step` carry (keys of DATA_KEYS; read before the method
+        is built, to build the step's data). A method whose steps differ overrides it (WILSON:
+        pixel labels at step 0, image-level labels only at step k)."""
+        unknown = set(cls.needs) - set(DATA_KEYS)
         if unknown:
             raise IfssError(f"method {cfg.method} asks for data {sorted(unknown)} that no step "
                             f"provides; available: {', '.join(DATA_KEYS)}")
+        return frozenset(cls.needs)
 
     @classmethod
     def model_options(cls, cfg: RunConfig, state: dict | None = None) -> dict:

@@ -224,3 +224,44 @@ class RWParams(EWCParams):
         super().__post_init__()
         _check(self.reg_iterations >= 1,
                f"params.reg_iterations must be >= 1, got {self.reg_iterations}")
+
+
+WILSON_PRIORS = ("loc", "none", "fixed", "ce")
+
+
+@dataclass
+class WILSONParams:
+    # WILSON's run.sh / argparser (research/wilson_sdr_gfss_simformer.md §A.5); the segmentation
+    # loss and ℓ_SSS start after train.warmup_iterations (the original's pseudo_ep epochs, where
+    # its `warmup` lr policy ends its plateau), before that only the localizer learns.
+    alpha: float = 0.5  # soft labels q = α·onehot(argmax m) + (1 - α)·m (COCO-to-VOC: 0.9)
+    localizer_lr: float = 0.01  # the localizer's own learning rate (`--lr_pseudo`), absolute
+    localizer_channels: int = 256  # width of the localizer's two 3x3 convs
+    prior: str = "loc"  # loc (ℓ_LOC, BCE to σ(old)) | none | fixed (old logits replace the
+    # localizer's old classes) | ce (CE to the old model's argmax): WILSON Table 4
+    relaxed: bool = False  # image labels of the old classes too (WILSON Table 5)
+    focal_gamma: float = 3.0  # γ of the focal penalty
+    focal_lambda: float = 0.01  # λ of the focal penalty's log
+    loss_cls: float = 1.0  # ℓ_CLS
+    loss_loc: float = 1.0  # ℓ_LOC (prior loc / ce)
+    loss_seg: float = 1.0  # ℓ_SEG (`--l_seg`)
+    loss_enc: float = 1.0  # ℓ_ENC, MSE of the body features to the old model's (`--loss_de`)
+    loss_sss: float = 1.0  # ℓ_SSS on the PAMR pseudo mask
+    pamr: bool = True  # refine the localizer masks with PAMR for ℓ_SSS (`--affinity`)
+    pamr_iterations: int = 10
+    pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12])
+
+    def __post_init__(self):
+        _one_of("prior", self.prior, WILSON_PRIORS)
+        weights = ("loss_cls", "loss_loc", "loss_seg", "loss_enc", "loss_sss", "focal_gamma")
+        bad = [f"params.{w} >= 0" for w in weights if not getattr(self, w) >= 0]
+        rules = (("params.alpha in [0, 1]", 0 <= self.alpha <= 1),
+                 ("params.localizer_lr > 0", self.localizer_lr > 0),
+                 ("params.localizer_channels >= 1", self.localizer_channels >= 1),
+                 ("params.focal_lambda > 0", self.focal_lambda > 0),
+                 ("params.pamr_iterations >= 1", self.pamr_iterations >= 1),
+                 ("params.pamr_dilations: positive integers",
+                  bool(self.pamr_dilations) and all(isinstance(d, int) and d >= 1
+                                                    for d in self.pamr_dilations)))
+        bad += [rule for rule, ok in rules if not ok]
+        _check(not bad, f"WILSON params out of range: need {', '.join(bad)}")

@@ -63,6 +63,9 @@ METHODS: dict[str, MethodInfo] = {
                    step0=True, params=P.PIParams),
         MethodInfo("RW", "ifss.methods.regularization", "RiemannianWalk", "RW", "linear",
                    step0=True, params=P.RWParams),
+        # weakly incremental: step 0 with one-hot BCE, steps >= 1 from image labels (seed 001)
+        MethodInfo("WILSON", "ifss.methods.wilson", "WILSON", "WILSON", "linear", step0=True,
+                   params=P.WILSONParams),
     )
 }
 

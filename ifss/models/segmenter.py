@@ -24,13 +24,16 @@ class SegmentationModel(nn.Module):
         self.head = head
         self.classifier = classifier
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> dict[str, torch.Tensor]:
         """`body`: last body feature map; `features`: head output (classifier input);
-        `logits`: classifier output, bilinearly upsampled to x's H x W."""
+        `logits`: classifier output, bilinearly upsampled to x's H x W (`upsample`; False: at
+        the features' size, where WILSON's pseudo-labels live)."""
         body = self.body(x)
         features = self.head(body)
         logits = self.classifier(features)
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if upsample:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
         return {"logits": logits, "features": features, "body": body}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

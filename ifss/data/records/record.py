@@ -49,6 +49,10 @@ class DatasetRecord:
     sources: tuple[SourceFile, ...] = ()  # download rows; () = not downloadable
     label_sources: tuple[str, ...] = ()  # ways to build the labels from sources; first = default
     prepare: str = ""  # "module:function(raw_dir, out, source, workers)" building the layout
+    # the split step k trains on: train_splits[min(k, len - 1)] (COCO-to-VOC trains step 1 on
+    # VOC relabelled to COCO ids)
+    train_splits: tuple[str, ...] = ("train",)
+    extra_tests: tuple[str, ...] = ()  # splits evaluated after every step besides "val"
 
     def __post_init__(self):
         if not self.label_space:  # frozen: set the default the way dataclasses do
