@@ -23,7 +23,7 @@ report: "workflow/report/workflow.rst"
 
 
 wildcard_constraints:
-    dataset=r"[a-z][a-z0-9_]*",
+    dataset=r"[a-z][a-z0-9_-]*",  # coco-voc
     task=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     method=r"[A-Za-z][A-Za-z0-9_-]*",
     base=r"[A-Za-z][A-Za-z0-9_]*",

@@ -1,4 +1,5 @@
-"""`ifss train|eval|synth|splits|download|convert-coco|weights|bench`: parse, call, report errors."""
+"""`ifss train|eval|synth|splits|download|convert-coco|coco-voc|weights|bench`: parse, call,
+report errors."""
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ def _splits(args) -> None:
     record = get_dataset(args.dataset)
     layout = layout_for(args.dataset, args.root)
     layout.check()
-    write_index(args.out, layout, "train", record.label_space, dataset=args.dataset)
+    write_index(args.out, layout, record.train_splits[0], record.label_space, dataset=args.dataset)
 
 
 def _download(args) -> None:
@@ -65,6 +66,12 @@ def _convert_coco(args) -> None:
     from ifss.data.prepare import prepare_coco
 
     prepare_coco(Path(args.raw), Path(args.out), source=args.source)
+
+
+def _coco_voc(args) -> None:
+    from ifss.data.coco_voc import build_coco_voc
+
+    build_coco_voc(Path(args.coco), Path(args.voc), Path(args.out), workers=args.workers)
 
 
 def _weights(args) -> None:
@@ -128,6 +135,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--source", default="instances", choices=["instances", "stuffthingmaps"])
     c.set_defaults(func=_convert_coco)
+
+    v = sub.add_parser("coco-voc", help="build the COCO-to-VOC layout from a prepared COCO and VOC")
+    v.add_argument("--coco", required=True, help="the folder `ifss download coco` prepared")
+    v.add_argument("--voc", required=True, help="the folder `ifss download voc` prepared")
+    v.add_argument("--out", required=True, help="the coco-voc folder (use as data.root)")
+    v.add_argument("--workers", type=int, default=4, help="threads relabelling VOC")
+    v.set_defaults(func=_coco_voc)
 
     w = sub.add_parser("weights", help="fetch ImageNet weights for a backbone")
     w.add_argument("name")

@@ -7,6 +7,11 @@ classes (background and the step-0 classes: metrics.json `miou_base`), of the ne
 class added after step 0: `miou_novel`) and of all classes (`miou_all`), in percent. A cell
 with several runs (none in the workflow's layout) shows their mean.
 
+A dataset with extra test sets (coco-voc: `voc_val`, VOC val relabelled to COCO ids) writes each
+one's summary under metrics.json `tests.<split>`; `extra_tests` ({split: [old|new|all]}) adds a
+column per (split, metric) to every task and protocol, named `<split> <metric>` ("voc_val new":
+`tests.voc_val.miou_novel`, the 20 VOC classes of WILSON's COCO-to-VOC table).
+
 A per-step figure draws, for one task and protocol, the mIoU of all classes after each step (step
 0 included: the step-0 run the method starts from), one line per method.
 """
@@ -30,8 +35,29 @@ def protocol_of(record: dict) -> str:
     return ((record.get("config") or {}).get("data") or {}).get("protocol", "fewshot")
 
 
-def continual_runs_frame(records: Sequence[dict]) -> pd.DataFrame:
-    """One row per run; mIoU in percent."""
+ExtraTests = Mapping[str, Sequence[str]]  # split -> metrics (old, new, all) of that test
+
+
+def extra_columns(extra_tests: ExtraTests | None) -> list[tuple[str, str, str]]:
+    """(column, split, metric) of each extra-test column, in the given order."""
+    return [(f"{split} {metric}", split, metric)
+            for split, metrics in (extra_tests or {}).items() for metric in metrics]
+
+
+def extra_test_value(record: dict, split: str, metric: str):
+    """A run's `metric` on its extra test `split`, in percent."""
+    test = (record.get("tests") or {}).get(split)
+    if not isinstance(test, dict) or SOURCE[metric] not in test:
+        raise IfssError(f"metrics file {record['_path']} has no tests.{split}.{SOURCE[metric]} "
+                        f"(the table's column `{split} {metric}`); rerun its job, or remove "
+                        f"{split} from the table's extra_tests")
+    return percent(test[SOURCE[metric]])
+
+
+def continual_runs_frame(records: Sequence[dict],
+                         extra_tests: ExtraTests | None = None) -> pd.DataFrame:
+    """One row per run; mIoU in percent (and each extra-test column)."""
+    extra = extra_columns(extra_tests)
     rows = []
     for r in records:
         rows.append({
@@ -39,21 +65,26 @@ def continual_runs_frame(records: Sequence[dict]) -> pd.DataFrame:
             "method": row_name(r), "registered_method": r["method"],
             "base_method": r["base_method"], "step": r["step"], "num_steps": r["num_steps"],
             **{m: percent(r.get(SOURCE[m])) for m in METRICS},
+            **{column: extra_test_value(r, split, m) for column, split, m in extra},
             "pixel_accuracy": percent(r.get("pixel_accuracy")), "seed": r.get("seed"),
             "iterations": r.get("iterations"), "wall_time_s": r.get("wall_time_s"),
             "device": r.get("device"), "metrics": r["_path"],
         })
     frame = pd.DataFrame(rows)
-    for col in (*METRICS, "pixel_accuracy"):
+    for col in (*METRICS, *(column for column, _, _ in extra), "pixel_accuracy"):
         frame[col] = frame[col].astype(float)
     return frame
 
 
 def continual_summary(runs: pd.DataFrame, methods: Sequence[str] | None = None,
                       tasks: Sequence[str] | None = None,
-                      protocols: Sequence[str] | None = None) -> pd.DataFrame:
+                      protocols: Sequence[str] | None = None,
+                      extra_tests: ExtraTests | None = None) -> pd.DataFrame:
     """Rows = methods (those with runs, in the given order); columns = (task, protocol, metric)
-    in the given orders, cells without runs left out. Percent, unrounded."""
+    in the given orders, metric: old, new, all, then the extra-test columns (`runs` must hold
+    them: continual_runs_frame with the same extra_tests); cells without runs left out. Percent,
+    unrounded."""
+    metrics = [*METRICS, *(column for column, _, _ in extra_columns(extra_tests))]
     methods = list(methods) if methods is not None else list(dict.fromkeys(runs["method"]))
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(runs["task"]))
     protocols = (list(protocols) if protocols is not None
@@ -64,8 +95,8 @@ def continual_summary(runs: pd.DataFrame, methods: Sequence[str] | None = None,
             cell = runs[(runs["task"] == task) & (runs["protocol"] == protocol)]
             if cell.empty:
                 continue
-            mean = cell.groupby("method")[list(METRICS)].mean()
-            for metric in METRICS:
+            mean = cell.groupby("method")[metrics].mean()
+            for metric in metrics:
                 data[(task, protocol, metric)] = mean[metric].reindex(methods)
     frame = pd.DataFrame(data, index=pd.Index(methods, name="method"))
     if not data:
@@ -88,13 +119,13 @@ def _fmt(value) -> str:
 
 def continual_markdown(summary: pd.DataFrame, title: str = "") -> str:
     """A markdown table: a header row per task and protocol, then old / new / all."""
-    cells = list(dict.fromkeys((t, p) for t, p, _ in summary.columns))
-    header = ["Method"] + [f"{t} {p} {m}" for t, p in cells for m in METRICS]
+    columns = list(summary.columns)
+    header = ["Method"] + [f"{t} {p} {m}" for t, p, m in columns]
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |",
               "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
     for method, row in summary.iterrows():
-        values = [_fmt(row[(t, p, m)]) for t, p in cells for m in METRICS]
+        values = [_fmt(row[c]) for c in columns]
         lines.append("| " + " | ".join([str(method)] + values) + " |")
     lines += [
         "",
@@ -102,6 +133,10 @@ def continual_markdown(summary: pd.DataFrame, title: str = "") -> str:
         "not learned yet count as background); old = background and the step-0 classes, new = "
         "every class added after step 0, all = every class seen.",
     ]
+    extra = list(dict.fromkeys(m.rpartition(" ")[0] for _, _, m in columns if m not in METRICS))
+    if extra:
+        lines[-1] += (f" Columns named after a split ({', '.join(extra)}) give the same on that "
+                      "extra test set, after the same last step.")
     return "\n".join(lines) + "\n"
 
 
@@ -117,15 +152,17 @@ def write_continual_tables(metrics_paths: Iterable[str | Path], csv: str | Path,
                            methods: Sequence[str] | None = None,
                            tasks: Sequence[str] | None = None,
                            protocols: Sequence[str] | None = None,
-                           title: str = "") -> pd.DataFrame:
-    """Read the runs and write the four table files (each written whole, then renamed)."""
+                           title: str = "",
+                           extra_tests: ExtraTests | None = None) -> pd.DataFrame:
+    """Read the runs and write the four table files (each written whole, then renamed);
+    `extra_tests`: {split: [old|new|all]}, the extra-test columns."""
     records = load_metrics(metrics_paths)
     fewshot = [r["_path"] for r in records if protocol_of(r) == "fewshot"]
     if fewshot:
         raise IfssError(f"{fewshot[0]} is a few-shot run (data.protocol fewshot); a continual "
                         "table reads runs of the disjoint, overlap or sequential protocol")
-    runs = continual_runs_frame(records)
-    summary = continual_summary(runs, methods, tasks, protocols)
+    runs = continual_runs_frame(records, extra_tests)
+    summary = continual_summary(runs, methods, tasks, protocols, extra_tests)
     write_text(csv, continual_csv(summary).to_csv(index=False))
     write_text(md, continual_markdown(summary, title))
     write_text(runs_csv, runs.to_csv(index=False, float_format="%.4f"))

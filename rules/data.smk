@@ -1,6 +1,8 @@
 # Datasets: the synthetic benchmark (`ifss synth`), real downloads (`ifss download`: checksummed,
-# safely extracted, converted, completion marker written last) and the per-class image index
-# (`ifss splits`). One rule per configured dataset, because each dataset folder is configured.
+# safely extracted, converted, completion marker written last), datasets derived from other
+# configured ones (coco-voc: `ifss coco-voc` from the prepared COCO and VOC, marker written last)
+# and the per-class image index (`ifss splits`, of the "train" split). One rule per configured
+# dataset, because each dataset folder is configured.
 
 
 for _name, _ds in MATRIX.datasets.items():
@@ -44,6 +46,28 @@ for _name, _ds in MATRIX.datasets.items():
                 "../envs/ifss.yaml"
             shell:
                 "ifss download {params.dataset} --root {params.root} {params.extra} > {log} 2>&1"
+
+    elif _ds["source"] == "derived":
+
+        rule:
+            name:
+                f"derive_{_name.replace('-', '_')}"
+            input:
+                **MATRIX.derived_inputs(_name),
+            output:
+                marker=MATRIX.dataset_marker(_name),
+            params:
+                command=_name,  # the converter is the subcommand named after the dataset
+                out=marker_dir,
+                inputs=MATRIX.derived_args(_name),
+            log:
+                f"logs/data/{_name}.log",
+            threads: 4
+            conda:
+                "../envs/ifss.yaml"
+            shell:
+                "ifss {params.command} {params.inputs} --out {params.out} --workers {threads}"
+                " > {log} 2>&1"
 
 
 rule class_index:

@@ -176,8 +176,9 @@ def test_schema_fills_defaults(tmp_path):
 
 def test_default_config_builds_every_table_kind(tmp_path):
     """The demo: the whole registered few-shot family in one table (SS + MS, 2 shots), the MCLOS
-    ablation tables of variants over 3 splits, the figures, and the continual suite (15-5
-    disjoint and overlap, 15-1 disjoint) with its per-step figure; each run planned once."""
+    ablation tables of variants over 3 splits, the figures, the continual suite (15-5 disjoint
+    and overlap) with the per-step figure of 15-1, and WILSON beside FT and MiB; each run
+    planned once."""
     from ifss.methods.registry import METHODS
 
     rc, out = snakemake(tmp_path, "-n", "--cores", "2")
@@ -196,20 +197,27 @@ def test_default_config_builds_every_table_kind(tmp_path):
     kinds = [f.get("kind", "comparison") for f in cfg["figures"].values()]
     assert counts["table"] == len(cfg["tables"]) and counts["figures"] == kinds.count("comparison")
     assert counts["figure_per_step"] == kinds.count("per_step") == 1
-    demo, css = cfg["tables"]["demo"], cfg["tables"]["demo_css"]
-    # every registered method is in a demo table: the papers' few-shot family or the CSS suite
-    assert set(METHODS) - {"COS"} <= set(demo["methods"]) | set(css["methods"])
-    assert css["methods"] == CSS_METHODS and css["kind"] == "continual"
-    assert css["protocols"] == {"15-5": ["disjoint", "overlap"], "15-1": ["disjoint"]}
+    demo, css, weak = (cfg["tables"][t] for t in ("demo", "demo_css", "demo_wilson"))
+    # every registered method is in a demo table: the few-shot family, the CSS suite, WILSON
+    assert set(METHODS) - {"COS"} <= set(demo["methods"]) | set(css["methods"]) \
+        | set(weak["methods"])
+    assert css["methods"] == CSS_METHODS and css["kind"] == weak["kind"] == "continual"
+    assert css["protocols"] == weak["protocols"] == ["disjoint", "overlap"]
+    assert weak["methods"] == ["FT", "MIB", "WILSON", "WILSON-hard"]
+    per_step = cfg["figures"]["demo_css_15-1"]["methods"]
     registered = [m for m in CSS_METHODS if m in METHODS]
-    assert counts.get("train_continual", 0) == len(registered) * (1 + 1 + 5)
-    bases = {METHODS[m].base for m in registered}
+    # 15-5 (disjoint, overlap) for the suite and WILSON's two rows, steps 1-5 of 15-1 per line
+    assert counts.get("train_continual", 0) == 2 * len(registered) + 2 * 2 + 5 * len(per_step)
+    bases = {METHODS[m].base for m in registered + ["WILSON"]}
     assert counts.get("train_continual_step0", 0) == 2 * len(bases)  # disjoint, overlap
     assert set(demo["tasks"]) == {"5-0", "5-0m"} and len(demo["shots"]) >= 2
     variants = {name for name, m in cfg["methods"].items() if m and "method" in m}
-    assert len(variants) == 5 and all(cfg["methods"][v]["method"] == "MCLOS" for v in variants)
-    ablations = [t for name, t in cfg["tables"].items() if name not in ("demo", "demo_css")]
-    assert {m for t in ablations for m in t["methods"]} == variants | {"PIFS", "MCLOS"}
+    assert {cfg["methods"][v]["method"] for v in variants} == {"MCLOS", "WILSON"}
+    mclos_variants = {v for v in variants if cfg["methods"][v]["method"] == "MCLOS"}
+    assert len(mclos_variants) == 5
+    ablations = [t for name, t in cfg["tables"].items()
+                 if name not in ("demo", "demo_css", "demo_wilson")]
+    assert {m for t in ablations for m in t["methods"]} == mclos_variants | {"PIFS", "MCLOS"}
     assert all(len(t["ishots"]) >= 2 for t in ablations)
     assert counts["train_step0"] == len({METHODS[m].base for m in demo["methods"]
                                          if m in METHODS} | {"COS"})

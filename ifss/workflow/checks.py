@@ -11,6 +11,8 @@ import dataclasses
 import os
 
 import ifss.config as runconfig
+from ifss.data.records import get_dataset
+from ifss.data.records.coco_voc import COCO_VOC_INPUTS
 from ifss.errors import IfssError, unknown
 from ifss.methods.registry import METHODS, method_params
 from ifss.tasks import get_task
@@ -32,6 +34,9 @@ WORKFLOW_KEYS = (
 )
 # Names a configured method may not have: path components of the continual layout.
 RESERVED_NAMES = ("step0", *CONTINUAL)
+# Datasets built from other datasets (source derived): name -> role -> the record whose layout
+# (label space) the role's dataset must have; `from` names the configured dataset of each role.
+DERIVED = {"coco-voc": COCO_VOC_INPUTS}
 
 
 def check_config(cfg: dict) -> None:
@@ -70,8 +75,36 @@ def check_datasets(datasets: dict) -> None:
             )
         if ds["source"] == "synth" and name != "synthetic":
             raise IfssError(f"datasets.{name}.source: only the dataset 'synthetic' can be synth")
+        check_derived(name, ds, datasets)
         for part in ("run", *PARTS):
             check_fragment(ds[part], f"datasets.{name}.{part}")
+
+
+def check_derived(name: str, ds: dict, datasets: dict) -> None:
+    """A derived dataset (source derived) names a configured dataset for each of its inputs
+    (`from`, default: the datasets named as the roles); another source has no `from`."""
+    where, roles = f"datasets.{name}", DERIVED.get(name)
+    if ds["source"] != "derived":
+        if "from" in ds:
+            raise IfssError(f"{where}.from: only a dataset with source derived is built from "
+                            "others; remove it")
+        if roles and ds["source"] == "download":
+            raise IfssError(f"{where}.source: {name} has nothing to download; set it to derived "
+                            f"(built from the configured {' and '.join(roles)}) or local")
+        return
+    if roles is None:
+        raise IfssError(f"{where}.source: {name} is not built from other datasets (derived "
+                        f"datasets: {', '.join(DERIVED)}); use download or local")
+    ds["from"] = {**roles, **ds.get("from", {})}
+    for role, space in roles.items():
+        used = ds["from"][role]
+        if used not in datasets:
+            raise IfssError(f"{where}.from.{role}: {used!r} is not under datasets (configured: "
+                            f"{', '.join(datasets)}); add a {used} entry (e.g. source: "
+                            "download) or name a configured one")
+        if used == name or get_dataset(used).label_space != space:
+            raise IfssError(f"{where}.from.{role}: {used!r} is no {space} dataset (its labels "
+                            f"are not {space}'s ids); name the configured {space} dataset")
 
 
 def check_method_name(name: str, where: str) -> None:
@@ -171,9 +204,20 @@ def check_tables(cfg: dict) -> None:
                         raise IfssError(f"{where}.protocols: {task!r} is not one of "
                                         f"{where}.tasks ({', '.join(tasks)}); remove it or "
                                         "add the task")
+            check_extra_tests(table, where)
         else:
-            check_keys_of_kind(table, where, ("protocols",), "few-shot table")
+            check_keys_of_kind(table, where, ("protocols", "extra_tests"), "few-shot table")
         check_names(table["methods"], f"{where}.methods", cfg["methods"])
+
+
+def check_extra_tests(table: dict, where: str) -> None:
+    """A continual table's extra-test columns name extra tests of its dataset."""
+    tests = get_dataset(table["dataset"]).extra_tests
+    for split in table.get("extra_tests", {}):
+        if split not in tests:
+            have = f"its extra tests: {', '.join(tests)}" if tests else "it has none"
+            raise IfssError(f"{where}.extra_tests: {split!r} is no extra test of dataset "
+                            f"{table['dataset']!r} ({have}); remove it")
 
 
 def check_figures(cfg: dict) -> None:

@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import ifss.config as runconfig
+from ifss.data.records import get_dataset
 from ifss.errors import IfssError, unknown
 from ifss.methods.registry import METHODS, MethodInfo, base_methods
 from ifss.tasks import Task, get_task
@@ -110,13 +111,18 @@ class Matrix:
 
     def dataset_marker(self, dataset: str) -> str:
         ds = self.datasets[dataset]
-        return paths.dataset_marker(ds["root"], ds["source"])
+        # a derived dataset's converter writes the marker `ifss download` writes
+        source = "download" if ds["source"] == "derived" else ds["source"]
+        return paths.dataset_marker(ds["root"], source)
 
-    def dataset_keys(self, dataset: str) -> dict:
-        """The run-config keys that say where a run's data is."""
+    def dataset_keys(self, dataset: str, step: int = 0) -> dict:
+        """The run-config keys that say where a run's data is. The class index (`ifss splits`)
+        indexes the first train split: a step that trains on another one (coco-voc's step 1, on
+        voc_train) is not given it and reads the index cached beside the data."""
         ds = self.datasets[dataset]
         keys = {"data.root": ds["root"]}
-        if ds["class_index"]:
+        splits = get_dataset(dataset).train_splits
+        if ds["class_index"] and splits[min(int(step), len(splits) - 1)] == splits[0]:
             keys["data.class_index"] = paths.class_index_path(dataset)
         return keys
 
@@ -138,6 +144,19 @@ class Matrix:
         self.check_dataset(dataset)
         marker = self.dataset_marker(dataset)
         return {"data": marker} if marker else {}
+
+    def derived_inputs(self, dataset: str) -> dict:
+        """A derived dataset's inputs: role -> the marker of the configured dataset it reads
+        (none for one of source local: its folder is checked by the converter)."""
+        used = self.datasets[dataset]["from"]
+        return {role: self.dataset_marker(name) for role, name in used.items()
+                if self.dataset_marker(name)}
+
+    def derived_args(self, dataset: str) -> str:
+        """`--coco ROOT --voc ROOT`: the roots of the datasets it is built from."""
+        used = self.datasets[dataset]["from"]
+        return " ".join(f"--{role} {shlex.quote(self.datasets[name]['root'])}"
+                        for role, name in used.items())
 
     def download_args(self, dataset: str) -> str:
         opts = self.datasets[dataset]["download"]
@@ -230,8 +249,8 @@ class Matrix:
         nshot, ishot, step = int(nshot), int(ishot), int(step)
         _, fragment = self.fewshot_run(dataset, task, method, nshot, ishot, step)
         fixed = dict(dataset=dataset, task=task, step=step, nshot=nshot, ishot=ishot)
-        return set_args({**fixed, **self.method_keys(method), **self.dataset_keys(dataset)},
-                        fragment)
+        return set_args({**fixed, **self.method_keys(method),
+                         **self.dataset_keys(dataset, step)}, fragment)
 
     def method_keys(self, method: str) -> dict:
         registered = self.registered_method(method)
@@ -266,7 +285,7 @@ class Matrix:
     def continual_step_sets(self, dataset, task, protocol, method, step) -> str:
         _, fragment = self.continual_run(dataset, task, protocol, method, int(step))
         fixed = {"dataset": dataset, "task": task, "step": int(step), **self.method_keys(method),
-                 "data.protocol": protocol, **self.dataset_keys(dataset)}
+                 "data.protocol": protocol, **self.dataset_keys(dataset, int(step))}
         return set_args(fixed, fragment)
 
     # ------------------------------------------------------------- tables and figures
@@ -294,8 +313,11 @@ class Matrix:
         }
         if table["kind"] == "continual":
             protocols = [p for t in table["tasks"] for p in targets.table_protocols(table, t)]
-            return {**spec, "kind": "continual", "tasks": table["tasks"],
+            spec = {**spec, "kind": "continual", "tasks": table["tasks"],
                     "protocols": list(dict.fromkeys(protocols))}
+            if table.get("extra_tests"):  # only then: an older table's spec stays as it was
+                spec["extra_tests"] = table["extra_tests"]
+            return spec
         return {**spec, "shots": table["shots"]}
 
     def figure(self, name: str, kind: str = "comparison") -> dict:

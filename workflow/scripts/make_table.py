@@ -12,7 +12,8 @@ files = (sm.input.metrics, sm.output.csv, sm.output.md, sm.output.runs, sm.outpu
 try:
     if spec.get("kind") == "continual":
         summary = write_continual_tables(*files, methods=spec["methods"], tasks=spec["tasks"],
-                                         protocols=spec["protocols"], title=spec["title"])
+                                         protocols=spec["protocols"], title=spec["title"],
+                                         extra_tests=spec.get("extra_tests"))
     else:
         summary = write_tables(*files, methods=spec["methods"], shots=spec["shots"],
                                title=spec["title"])

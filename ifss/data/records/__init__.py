@@ -8,6 +8,7 @@ records.
     record.py   DatasetRecord, Folders, SourceFile (the types) and step helpers
     voc.py      PASCAL VOC 2012 + SBD, and the synthetic benchmark in VOC's classes
     coco.py     COCO 2017 object labels
+    coco_voc.py COCO-to-VOC (WILSON): COCO's non-VOC classes, then VOC's relabelled to COCO ids
     ade.py      ADE20K SceneParsing (ADEChallengeData2016), 150 classes
 
 This package imports nothing beyond the standard library and `ifss.errors`: the workflow imports
@@ -24,18 +25,19 @@ from __future__ import annotations
 
 from ifss.data.records.ade import ADE, ADE_CLASSES, ADE_IDS
 from ifss.data.records.coco import COCO, COCO_CLASSES, COCO_IDS
+from ifss.data.records.coco_voc import COCO_VOC
 from ifss.data.records.record import DatasetRecord, Folders, SourceFile, Steps
 from ifss.data.records.voc import SYNTHETIC, VOC, VOC_CLASSES
 from ifss.errors import unknown
 
 __all__ = [
-    "ADE", "ADE_CLASSES", "ADE_IDS", "COCO", "COCO_CLASSES", "COCO_IDS", "DATASETS",
+    "ADE", "ADE_CLASSES", "ADE_IDS", "COCO", "COCO_CLASSES", "COCO_IDS", "COCO_VOC", "DATASETS",
     "DatasetRecord", "Folders", "SYNTHETIC", "SourceFile", "Steps", "VOC", "VOC_CLASSES",
     "get_dataset",
 ]
 
 # Insertion order is the order users see in messages and `--help`.
-DATASETS: dict[str, DatasetRecord] = {r.name: r for r in (VOC, COCO, SYNTHETIC, ADE)}
+DATASETS: dict[str, DatasetRecord] = {r.name: r for r in (VOC, COCO, SYNTHETIC, COCO_VOC, ADE)}
 
 
 def get_dataset(name: str) -> DatasetRecord:
