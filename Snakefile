@@ -10,6 +10,7 @@
 #   snakemake --cores all --configfile config/papers/sdr_voc.yaml  # SDR / MiB suite on VOC
 #   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
 #   snakemake ... results/runs/voc/15-1/overlap/MIB/step5/metrics.json     # one continual run
+#   snakemake ... results/runs/voc/5-0/episodic/PSP/s1/generalized-g10/metrics.json  # GFSS
 #
 # The default config (beside this file) is read only when no --configfile is given, so a paper
 # config is never mixed with the demo's matrix (several --configfile files merge with each other).
@@ -26,7 +27,9 @@ wildcard_constraints:
     dataset=r"[a-z][a-z0-9_-]*",  # coco-voc
     task=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     method=r"[A-Za-z][A-Za-z0-9_-]*",
-    base=r"[A-Za-z][A-Za-z0-9_]*",
+    base=r"[A-Za-z][A-Za-z0-9_-]*",  # PSP-CTR
+    backbone=r"[A-Za-z][A-Za-z0-9_-]*",
+    head=r"binary|generalized-g[0-9][0-9.e+-]*",
     nshot=r"\d+",
     ishot=r"\d+",
     step=r"\d+",
@@ -40,6 +43,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
+include: "rules/episodic.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 include: "rules/bench.smk"

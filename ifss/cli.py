@@ -97,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: results/runs/...)")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="evaluate a saved model.pt on its task's test set")
+    e = sub.add_parser("eval", help="evaluate a saved model.pt on its task's test set, or on "
+                       "episodes of its fold (--set eval.protocol=episodic: GFSS)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--set", action="append", metavar="KEY=VALUE")
     e.add_argument("--out", help="directory for metrics.json (default: beside the checkpoint)")

@@ -217,12 +217,66 @@ class TrainConfig:
         check_train_config(self)
 
 
+# How `ifss eval` scores a model (ifss.run.eval_run): `dense`, the step's test set with every
+# class (what a training run reports), or `episodic`, few-shot episodes on a fold's step-0 model
+# (ifss.episodic: PASCAL-5i / COCO-20i as in GFSS-Capstone).
+EVAL_PROTOCOLS = ("dense", "episodic")
+# Episodic heads: `binary` (2-way, FSS) or `generalized` ((B+2)-way from the base classifier, GFSS).
+EPISODIC_HEADS = ("generalized", "binary")
+
+
+def check_eval_config(ev: "EvalConfig") -> None:
+    """The domain of each evaluation key; IfssError names the first bad one."""
+    _check_finite(ev, "eval.")
+    _check_min(ev, "eval.", "batch_size", 1, "set the number of images per evaluation batch")
+    if ev.protocol not in EVAL_PROTOCOLS:
+        raise unknown("protocol", ev.protocol, EVAL_PROTOCOLS, "in eval.protocol")
+    if ev.head not in EPISODIC_HEADS:
+        raise unknown("head", ev.head, EPISODIC_HEADS, "in eval.head")
+    _check_min(ev, "eval.", "episodes", 1, "set the number of episodes per run, such as 20000")
+    _check_min(ev, "eval.", "runs", 1, "set the number of runs, each with its own seed")
+    _check(ev.gamma >= 0,
+           f"eval.gamma={ev.gamma} must be >= 0; use 0 for no background distillation")
+    _check_min(ev, "eval.", "inner_steps", 0,
+               "set the SGD steps of each episode's head, such as 100")
+    _check(ev.inner_lr > 0,
+           f"eval.inner_lr={ev.inner_lr} must be > 0; set the head's learning rate, such as 0.1")
+    _check_min(ev, "eval.", "episode_batch", 1,
+               "set the number of episodes whose heads train at once, such as 64")
+    _check_min(ev, "eval.", "min_class_pixels", 1,
+               "set the pixels a class needs to count in an image, such as 2048")
+    _check_min(ev, "eval.", "image_size", 0,
+               "use 0 to keep the images' size, or the side of the padded square, such as 473")
+    _check_min(ev, "eval.", "smoothing_group", 1,
+               "set the number of runs averaged in one smoothed group, such as 4")
+    _check(0 <= ev.seed < SEED_LIMIT,
+           f"eval.seed={ev.seed} must be in [0, 2**32); set a non-negative seed such as 42")
+
+
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
+    batch_size: int = 16  # images per forward pass (dense test set; episodic: distinct images)
+    protocol: str = "dense"  # dense | episodic (EVAL_PROTOCOLS above)
+    # -- episodic only (a fold's step-0 model; the shot count is the run's nshot) ---------------
+    episodes: int = 20000  # per run (GFSS-Capstone's test_num)
+    runs: int = 1  # each run draws its own episodes with seed + run
+    head: str = "generalized"  # generalized ((B+2)-way, GFSS) | binary (2-way, FSS)
+    gamma: float = 0.0  # generalized: weight of the background-shift distillation (paper: 10)
+    inner_steps: int = 100  # SGD steps of each episode's head
+    inner_lr: float = 0.1
+    episode_batch: int = 64  # episodes whose heads train at once (same metrics for any value)
+    min_class_pixels: int = 2048  # 2*32*32: a class counts in an image from this many pixels
+    # the longer side resized to it and the image padded to a square (mean colour, void labels);
+    # 0 = no resize, every image padded to the largest of the val split
+    image_size: int = 473
+    # the original L2-normalises the query's features only (norm_q), not the support's or the
+    # base image's: a head trained on raw features then scores normalised ones
+    normalize_query: bool = True
+    smoothing_group: int = 4  # runs per group of the "smoothed" summary
+    seed: int = 42
 
     def __post_init__(self):
-        _check_min(self, "eval.", "batch_size", 1, "set the number of images per evaluation batch")
+        check_eval_config(self)
 
 
 def check_run_config(cfg: "RunConfig") -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ifss.atomic import write_text
 from ifss.errors import IfssError
+from ifss.paired_delta import paired_delta, signed
 
 METRICS = ("mIoU-B", "mIoU-N", "HM")
 SETTINGS = ("SS", "MS")
@@ -43,19 +44,27 @@ def setting_of(num_steps: int) -> str:
     return "MS" if num_steps > 2 else "SS"
 
 
+def read_record(path: Path) -> dict:
+    """One metrics.json; a file that cannot be read or parsed is one sentence naming it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise IfssError(f"metrics file {path} cannot be read ({err}); rerun its job") from None
+    if not isinstance(record, dict):
+        raise IfssError(f"metrics file {path} is not a metrics record; rerun its job")
+    record["_path"] = str(path)
+    return record
+
+
 def load_metrics(paths: Iterable[str | Path]) -> list[dict]:
     """The metrics.json records of `paths` (at least one), each checked for the keys tables use."""
     records = []
     for path in paths:
         path = Path(path)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise IfssError(f"metrics file {path} cannot be read ({err}); rerun its job") from None
+        record = read_record(path)
         missing = [k for k in RUN_KEYS + ("miou_base", "miou_novel", "iou") if k not in record]
         if missing:
             raise IfssError(f"metrics file {path} lacks {', '.join(missing)}; rerun its job")
-        record["_path"] = str(path)
         records.append(record)
     if not records:
         raise IfssError("a table needs at least one metrics.json; its config names no run")
@@ -116,9 +125,11 @@ def per_class_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 
 def summary_frame(runs: pd.DataFrame, methods: Sequence[str] | None = None,
-                  shots: Sequence[int] | None = None) -> pd.DataFrame:
+                  shots: Sequence[int] | None = None, delta: str | None = None) -> pd.DataFrame:
     """Rows = methods (those with runs, in the given order); columns = (setting, shot, metric,
-    stat) with stat mean/std, plus the run count (setting, shot, "n", ""). Percent, unrounded."""
+    stat) with stat mean/std, plus the run count (setting, shot, "n", ""). Percent, unrounded.
+    With `delta` (a method), stats "delta" and "delta_sd" too: the mean paired difference to that
+    method over the (task, split) runs both have, and its sample std (ifss.paired_delta)."""
     methods = list(methods) if methods is not None else list(dict.fromkeys(runs["method"]))
     shots = sorted(shots if shots is not None else runs["nshot"].unique())
     data = {}
@@ -133,6 +144,10 @@ def summary_frame(runs: pd.DataFrame, methods: Sequence[str] | None = None,
             for metric in METRICS:
                 data[(setting, nshot, metric, "mean")] = mean[metric].reindex(methods)
                 data[(setting, nshot, metric, "std")] = std[metric].reindex(methods)
+                if delta is not None:
+                    pairs = paired_delta(cell, "method", delta, ["task", "ishot"], metric)
+                    data[(setting, nshot, metric, "delta")] = pairs["delta"].reindex(methods)
+                    data[(setting, nshot, metric, "delta_sd")] = pairs["sd"].reindex(methods)
             data[(setting, nshot, "n", "")] = groups.size().reindex(methods, fill_value=0)
     frame = pd.DataFrame(data, index=pd.Index(methods, name="method"))
     if not data:
@@ -165,8 +180,9 @@ def _fmt(mean, std) -> str:
     return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
-    """A markdown table, cells "60.9 ± 1.2", with a note on what the numbers are."""
+def summary_markdown(summary: pd.DataFrame, title: str = "", delta: str | None = None) -> str:
+    """A markdown table, cells "60.9 ± 1.2" (with `delta`: "60.9 ± 1.2 (+0.4)"), with a note on
+    what the numbers are."""
     cells = [(s, k) for s, k, m, _ in summary.columns if m == "n"]
     header = ["Method"] + [f"{s} {k}-shot {m}" for s, k in cells for m in METRICS]
     lines = []
@@ -176,6 +192,7 @@ def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
               "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
     for method, row in summary.iterrows():
         values = [_fmt(row[(s, k, m, "mean")], row[(s, k, m, "std")])
+                  + _delta_text(row, (s, k, m), delta is not None and method != delta)
                   for s, k in cells for m in METRICS]
         lines.append("| " + " | ".join([str(method)] + values) + " |")
     counts = sorted({int(v) for s, k in cells for v in summary[(s, k, "n", "")] if v})
@@ -186,21 +203,29 @@ def summary_markdown(summary: pd.DataFrame, title: str = "") -> str:
         f"mIoU in percent, mean ± sample std over folds and few-shot splits ({runs}); "
         "mIoU-B includes background; "
         "HM = 2·B·N/(B+N) of the mean B and N (its ± is the spread of per-run HM); "
-        "MS = after the last step of the multi-step tasks.",
+        "MS = after the last step of the multi-step tasks."
+        + (f" (±x) = mean paired difference to {delta} over the same folds and splits (its "
+           "sample std in the CSV's delta_sd)." if delta is not None else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _delta_text(row, cell: tuple, shown: bool) -> str:
+    if not shown or pd.isna(row.get((*cell, "delta"))):
+        return ""
+    return f" ({signed(row[(*cell, 'delta')])})"
 
 
 def write_tables(metrics_paths: Iterable[str | Path], csv: str | Path, md: str | Path,
                  runs_csv: str | Path, per_class_csv: str | Path,
                  methods: Sequence[str] | None = None, shots: Sequence[int] | None = None,
-                 title: str = "") -> pd.DataFrame:
+                 title: str = "", delta: str | None = None) -> pd.DataFrame:
     """Read the runs and write the four table files (each written whole, then renamed)."""
     records = load_metrics(metrics_paths)
     runs = runs_frame(records)
-    summary = summary_frame(runs, methods, shots)
+    summary = summary_frame(runs, methods, shots, delta)
     write_text(csv, summary_csv(summary).to_csv(index=False))
-    write_text(md, summary_markdown(summary, title))
+    write_text(md, summary_markdown(summary, title, delta))
     write_text(runs_csv, runs.to_csv(index=False, float_format="%.4f"))
     write_text(per_class_csv, per_class_frame(records).to_csv(index=False, float_format="%.4f"))
     return summary

@@ -138,12 +138,14 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
-def class_names(cfg: RunConfig, task: Task) -> list[str]:
-    """The dataset's own names (the synthetic benchmark names its classes in classes.json)."""
+def class_names(cfg: RunConfig, task: Task, step: int | None = None) -> list[str]:
+    """The names of the classes of `step` (default: the run's), in the dataset's own names (the
+    synthetic benchmark names its classes in classes.json)."""
+    step = cfg.step if step is None else step
     names_file = Path(cfg.data.root) / "classes.json"
     if cfg.dataset == "synthetic" and names_file.is_file():
-        return task.class_names(cfg.step, tuple(json.loads(names_file.read_text())["names"]))
-    return task.class_names(cfg.step)
+        return task.class_names(step, tuple(json.loads(names_file.read_text())["names"]))
+    return task.class_names(step)
 
 
 def metrics_record(run: ResolvedRun, summary: dict, extra: dict,
@@ -264,11 +266,14 @@ def _pcts(summary: dict) -> list[str]:
 
 
 def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> dict:
-    """Evaluate a saved model on its task's test set (evaluation only)."""
+    """Evaluate a saved model (evaluation only): on its task's test set (eval.protocol dense),
+    or, for a fold's step-0 model, on few-shot episodes (eval.protocol episodic)."""
     run, model, ckpt = model_from_checkpoint(checkpoint, overrides)
     cfg = run.cfg
     out_dir = Path(out_dir)
     check_run_dir(out_dir, "output folder")
+    if cfg.eval.protocol == "episodic":
+        return _eval_episodic(run, model, checkpoint, out_dir)
     runtime = setup(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     try:
         started = time.time()
@@ -286,3 +291,44 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
         return record
     finally:
         teardown()
+
+
+def _eval_episodic(run: ResolvedRun, model, checkpoint, out_dir: Path) -> dict:
+    """Episodic (generalized) few-shot evaluation of a step-0 model (ifss.episodic); writes
+    out_dir/metrics.json and out_dir/log.txt, only once every episode has been scored."""
+    from ifss.episodic.evaluate import evaluate_episodic
+
+    cfg, ev = run.cfg, run.cfg.eval
+    runtime = setup(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    try:
+        with run_logging(runtime) as log_to_file:
+            started = time.time()
+            ensure_dataset(cfg)
+            model.to(runtime.device)
+            last = run.task.num_steps - 1  # the names of the fold's base and novel classes
+            names = dict(zip(run.task.order(last), class_names(cfg, run.task, last)))
+            summary = evaluate_episodic(model, layout_for(cfg.dataset, cfg.data.root), run.task,
+                                        cfg, runtime, names, str(checkpoint))
+            record = {
+                "protocol": "episodic", "dataset": cfg.dataset, "task": cfg.task,
+                "method": cfg.method, "label": cfg.label or cfg.method, "nshot": cfg.nshot,
+                "head": ev.head, "gamma": ev.gamma, "episodes": ev.episodes, "runs": ev.runs,
+                **summary, "config": to_dict(cfg), "versions": versions(), "seed": ev.seed,
+                "checkpoint": str(checkpoint), "device": str(runtime.device),
+                "wall_time_s": round(time.time() - started, 2),
+            }
+            log.info("episodic %s %s %s, %s head, %d-shot, %d run(s) x %d episodes: novel mIoU "
+                     "%s, FB-IoU %s, base mIoU %s", cfg.dataset, cfg.task, cfg.label or cfg.method,
+                     ev.head, cfg.nshot, ev.runs, ev.episodes,
+                     *_pct_or_dash(record, ("miou_novel", "fb_iou", "miou_base")))
+            if runtime.is_main:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                log_to_file(out_dir)
+                atomic.write_json(out_dir / "metrics.json", record)
+            return record
+    finally:
+        teardown()
+
+
+def _pct_or_dash(record: dict, keys) -> list[str]:
+    return ["-" if record[k] is None else f"{100 * record[k]:.1f}" for k in keys]

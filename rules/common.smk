@@ -56,6 +56,7 @@ CONTINUAL_STEP0_DIR = paths.continual_step0_dir("{dataset}", "{task}", "{protoco
 CONTINUAL_STEP_DIR = paths.continual_step_dir(
     "{dataset}", "{task}", "{protocol}", "{method}", "{step}"
 )
+EPISODIC_DIR = paths.episodic_dir("{dataset}", "{task}", "{backbone}", "{nshot}", "{head}")
 TABLE_FILES = paths.table_files("{table}")
 FIGURE_FILES = paths.figure_files("{figure}")
 PER_STEP_FILES = paths.figure_files("{figure}", "per_step")
@@ -145,6 +146,16 @@ def step_inputs(w):
 @ifss_errors
 def step_sets(w):
     return MATRIX.step_sets(w.dataset, w.task, w.method, w.nshot, w.ishot, w.step)
+
+
+@ifss_errors
+def episodic_inputs(w):
+    return MATRIX.episodic_inputs(w.dataset, w.task, w.backbone, w.nshot, w.head)
+
+
+@ifss_errors
+def episodic_sets(w):
+    return MATRIX.episodic_sets(w.dataset, w.task, w.backbone, w.nshot, w.head)
 
 
 # ----------------------------------------------------------------- tables and figures rules

@@ -291,3 +291,24 @@ def test_bad_device_is_one_clear_error(tmp_path):
         with pytest.raises(IfssError, match="no CUDA device is available"):
             run_bench("cuda", True, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_episodes_section_at_quick_size(tmp_path, one_thread):
+    """Section 8 on the CPU at the quick size: the speed-up figure with its target, and the
+    batched heads equal to the heads trained one episode at a time."""
+    from ifss.bench.episodes import PLAN, episodes
+
+    sizes = sizes_for("cpu", True)
+    ctx = Context(device="cpu", quick=True, sizes=sizes, runtime=Runtime(torch.device("cpu")),
+                  root=tmp_path, work=tmp_path, ft=None, log=lambda _: None)
+    fig = episodes(ctx)["episodes.batched_speedup"]
+    assert set(fig) == FIGURE_KEYS
+    assert fig["value"] > 0 and fig["unit"] == "ratio" and isinstance(fig["met"], bool)
+    assert fig["target"] == {"op": ">=", "value": 5.0}
+    assert fig["sizes"]["episodes"] == PLAN[("cpu", True)][0]
+    assert fig["sizes"]["feature_channels"] == sizes.head_channels
+    assert fig["sizes"]["image_size"] == sizes.crop
+    details = fig["details"]
+    assert details["same_heads"] is True and details["differing_query_pixels"] == 0
+    assert details["max_abs_weight_difference"] <= 1e-5
+    assert details["batched_episodes_per_s"] > 0 and details["one_at_a_time_episodes_per_s"] > 0

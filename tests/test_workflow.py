@@ -198,9 +198,18 @@ def test_default_config_builds_every_table_kind(tmp_path):
     assert counts["table"] == len(cfg["tables"]) and counts["figures"] == kinds.count("comparison")
     assert counts["figure_per_step"] == kinds.count("per_step") == 1
     demo, css, weak = (cfg["tables"][t] for t in ("demo", "demo_css", "demo_wilson"))
-    # every registered method is in a demo table: the few-shot family, the CSS suite, WILSON
-    assert set(METHODS) - {"COS"} <= set(demo["methods"]) | set(css["methods"]) \
-        | set(weak["methods"])
+    gfss = [t for t in cfg["tables"].values() if t.get("kind") == "episodic"]
+    backbones = {row["backbone"] for t in gfss for row in t["rows"].values()}
+    # every registered method is in a demo table: the few-shot family, the CSS suite, WILSON,
+    # the GFSS backbone (its contrastive variant: config/synthetic.yaml, checked below)
+    assert set(METHODS) - {"COS", "PSP-CTR"} <= set(demo["methods"]) | set(css["methods"]) \
+        | set(weak["methods"]) | backbones
+    bigger = yaml.safe_load((ROOT / "config" / "synthetic.yaml").read_text())
+    assert "PSP-CTR" in {row["backbone"] for t in bigger["tables"].values()
+                         for row in t.get("rows", {}).values()}
+    assert counts["evaluate_episodic"] == len({
+        (task, row["backbone"], nshot, row["head"], row.get("gamma", 0))
+        for t in gfss for task in t["tasks"] for nshot in t["shots"] for row in t["rows"].values()})
     assert css["methods"] == CSS_METHODS and css["kind"] == weak["kind"] == "continual"
     assert css["protocols"] == weak["protocols"] == ["disjoint", "overlap"]
     assert weak["methods"] == ["FT", "MIB", "WILSON", "WILSON-hard"]
@@ -216,11 +225,12 @@ def test_default_config_builds_every_table_kind(tmp_path):
     mclos_variants = {v for v in variants if cfg["methods"][v]["method"] == "MCLOS"}
     assert len(mclos_variants) == 5
     ablations = [t for name, t in cfg["tables"].items()
-                 if name not in ("demo", "demo_css", "demo_wilson")]
+                 if name not in ("demo", "demo_css", "demo_wilson") and t.get("kind") != "episodic"]
     assert {m for t in ablations for m in t["methods"]} == mclos_variants | {"PIFS", "MCLOS"}
     assert all(len(t["ishots"]) >= 2 for t in ablations)
-    assert counts["train_step0"] == len({METHODS[m].base for m in demo["methods"]
-                                         if m in METHODS} | {"COS"})
+    folds = {task for t in gfss for task in t["tasks"]}
+    assert counts["train_step0"] == len(backbones) * len(folds) + len(
+        {METHODS[m].base for m in demo["methods"] if m in METHODS} | {"COS"})
 
 
 def test_a_variant_runs_its_method_with_its_settings_from_the_shared_step0(tmp_path):

@@ -8,9 +8,10 @@
 5. memory            peak RSS (CPU) or peak allocated (CUDA) of a training step; MCLOS banks
 6. workflow scale    `snakemake -n` wall time and job count per paper config
 7. precision (CUDA)  bf16 autocast + channels_last + cudnn.benchmark vs fp32 eager
+8. episodes          few-shot heads of E episodes trained as one batch vs one at a time
 
 1-2 are in ifss.bench.step_cost, 3, 4 and 7 in ifss.bench.throughput, 5-6 in
-ifss.bench.resources.
+ifss.bench.resources, 8 in ifss.bench.episodes.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import traceback
 from collections.abc import Callable
 
 from ifss.bench.context import Context, error_line
+from ifss.bench.episodes import episodes
 from ifss.bench.report import skipped
 from ifss.bench.resources import memory, memory_banks, workflow_scale
 from ifss.bench.step_cost import method_overhead, step_overhead
@@ -35,10 +37,11 @@ SECTIONS: dict[str, Callable[[Context], dict]] = {
     "banks": memory_banks,
     "workflow": workflow_scale,
     "precision": precision,
+    "episodes": episodes,
 }
 # The order figures appear in (the issue's numbering), whatever order the sections run in.
 FIGURE_ORDER = ("step_overhead", "checkpoint_overhead", "method.", "eval_throughput",
-                "loader_vs_train", "memory.", "workflow.", "precision.")
+                "loader_vs_train", "memory.", "workflow.", "precision.", "episodes.")
 
 
 def ordered(figures: dict) -> dict:

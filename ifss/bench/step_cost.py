@@ -22,7 +22,11 @@ STEP_TARGET = ("<=", 1.05)
 MCLOS_TARGET = ("<=", 1.15)  # MCLOS step / PIFS step
 # step / FT step of the methods with a speed target (the issues of their families)
 FT_TARGETS = {"SDR": ("<=", 1.25), "EWC": ("<=", 1.15), "RW": ("<=", 1.15), "PI": ("<=", 1.15),
-              "WILSON": ("<=", 2.5)}
+              "WILSON": ("<=", 2.5),
+              # GFSS issue: the contrastive pre-training step <= 1.3x the CE-only one. PSP-CTR
+              # trains step 0 only, which this section (step 1) cannot time: its setup fails
+              # with a note and the target stays unchecked here
+              "PSP-CTR": ("<=", 1.3)}
 
 
 # --- 1. step overhead --------------------------------------------------------------------------

@@ -265,3 +265,38 @@ class WILSONParams:
                                                     for d in self.pamr_dilations)))
         bad += [rule for rule, ok in rules if not ok]
         _check(not bad, f"WILSON params out of range: need {', '.join(bad)}")
+
+
+@dataclass
+class PretrainParams:
+    # The GFSS capstone's pre-training of PSPNet on the base classes (seed 003 §3.3 Eq. 1-3 and
+    # §4.2; research/wilson_sdr_gfss_simformer.md §C.2): label-smoothed CE, optionally plus
+    # contrast_weight x the supervised pixel-to-pixel contrast of ifss/pixel_contrast.py.
+    label_smoothing: float = 0.1  # ε of the CE (§4.2)
+    contrast_weight: float = 0.0  # λ of Eq. 3 (0: CE only, no projection head is built)
+    temperature: float = 0.1  # T of the contrast
+    base_temperature: float = 0.07  # the loss is scaled by T / T_base
+    max_samples: int = 1024  # anchors per batch (per process)
+    max_views: int = 100  # anchors per (image, class); a class needs more pixels than this
+    projection_dim: int = 256  # output channels of the projection head
+    projection_lr_mult: float = 1.0  # lr multiplier of the projection head (the original: 2.0)
+    background_anchors: bool = False  # the report: no background anchors (G:src/contrast.py: True)
+
+    def __post_init__(self):
+        rules = (("label_smoothing in [0, 1)", 0 <= self.label_smoothing < 1),
+                 ("contrast_weight >= 0", self.contrast_weight >= 0),
+                 ("temperature > 0", self.temperature > 0),
+                 ("base_temperature > 0", self.base_temperature > 0),
+                 ("max_samples >= 1", self.max_samples >= 1),
+                 ("max_views >= 1", self.max_views >= 1),
+                 ("projection_dim >= 1", self.projection_dim >= 1),
+                 ("projection_lr_mult >= 0", self.projection_lr_mult >= 0),
+                 ("background_anchors: true or false", isinstance(self.background_anchors, bool)))
+        bad = [rule for rule, ok in rules if not ok]
+        _check(not bad, f"pre-training params out of range: need "
+                        f"{', '.join(f'params.{b}' for b in bad)}")
+
+
+@dataclass
+class PretrainContrastParams(PretrainParams):
+    contrast_weight: float = 0.1  # PSP-CTR: λ 0.1 (GB:config_files/pascal_pretrain.yaml)

@@ -66,6 +66,12 @@ METHODS: dict[str, MethodInfo] = {
         # weakly incremental: step 0 with one-hot BCE, steps >= 1 from image labels (seed 001)
         MethodInfo("WILSON", "ifss.methods.wilson", "WILSON", "WILSON", "linear", step0=True,
                    params=P.WILSONParams),
+        # GFSS pre-training of PSPNet on the base classes (seed 003 §3.3, §4.2): step 0 only;
+        # two presets of one class, each its own step-0 run (a variant would share one)
+        MethodInfo("PSP", "ifss.methods.pretraining", "Pretraining", "PSP", "linear", step0=True,
+                   params=P.PretrainParams),
+        MethodInfo("PSP-CTR", "ifss.methods.pretraining", "Pretraining", "PSP-CTR", "linear",
+                   step0=True, params=P.PretrainContrastParams),
     )
 }
 

@@ -32,8 +32,10 @@ WORKFLOW_KEYS = (
     "dataset", "task", "step", "nshot", "ishot", "method", "label", "previous",
     "data.root", "data.class_index", "data.protocol", "model.pretrained",
 )
+# eval keys the workflow sets for each episodic evaluation (not in datasets.D.episodic)
+EPISODIC_KEYS = ("protocol", "head", "gamma")
 # Names a configured method may not have: path components of the continual layout.
-RESERVED_NAMES = ("step0", *CONTINUAL)
+RESERVED_NAMES = ("step0", "episodic", *CONTINUAL)
 # Datasets built from other datasets (source derived): name -> role -> the record whose layout
 # (label space) the role's dataset must have; `from` names the configured dataset of each role.
 DERIVED = {"coco-voc": COCO_VOC_INPUTS}
@@ -78,6 +80,11 @@ def check_datasets(datasets: dict) -> None:
         check_derived(name, ds, datasets)
         for part in ("run", *PARTS):
             check_fragment(ds[part], f"datasets.{name}.{part}")
+        for key in EPISODIC_KEYS:
+            if key in ds["episodic"].get("eval", {}):
+                raise IfssError(f"datasets.{name}.episodic.eval.{key} is set for each evaluation "
+                                "(eval.protocol: episodic; head and gamma: the table's row); "
+                                "remove it")
 
 
 def check_derived(name: str, ds: dict, datasets: dict) -> None:
@@ -189,6 +196,9 @@ def check_tables(cfg: dict) -> None:
         where = f"tables.{name}"
         for task in table["tasks"]:
             check_task_of(cfg, table["dataset"], task, f"{where}.tasks")
+        if table["kind"] == "episodic":
+            check_episodic_table(cfg, table, where)
+            continue
         if table["kind"] == "continual":
             check_keys_of_kind(table, where, ("shots", "ishots"), "continual table (every "
                                "image with a class of the step trains)")
@@ -207,7 +217,41 @@ def check_tables(cfg: dict) -> None:
             check_extra_tests(table, where)
         else:
             check_keys_of_kind(table, where, ("protocols", "extra_tests"), "few-shot table")
+        check_keys_of_kind(table, where, ("rows", "metrics"), f"{table['kind']} table")
         check_names(table["methods"], f"{where}.methods", cfg["methods"])
+        if "delta" in table:
+            if table["kind"] == "continual":
+                raise IfssError(f"{where}.delta: a continual table has no paired folds or "
+                                "splits to take differences over; remove it")
+            if table["delta"] not in table["methods"]:
+                raise IfssError(f"{where}.delta: {table['delta']!r} is not one of "
+                                f"{where}.methods ({', '.join(table['methods'])})")
+
+
+def check_episodic_table(cfg: dict, table: dict, where: str) -> None:
+    """Folds of one incremental step, rows whose backbone is a step-0 method (their runs are the
+    table's `methods`, filled in here), a binary head without gamma, delta naming a row."""
+    check_keys_of_kind(table, where, ("methods", "ishots", "protocols", "extra_tests"),
+                       "episodic table (rows are `rows`, evaluations of step-0 runs)")
+    for task in table["tasks"]:
+        if check_task_of(cfg, table["dataset"], task, f"{where}.tasks") != 2:
+            raise IfssError(f"{where}.tasks: {task!r} is not a fold (base classes and one step "
+                            "of novel classes); use the dataset's 5-i / 20-i tasks")
+    for row, spec in table["rows"].items():
+        spec.setdefault("gamma", 0.0)
+        if spec["head"] == "binary" and spec["gamma"]:
+            raise IfssError(f"{where}.rows.{row}.gamma: the binary head has no distillation; "
+                            "remove gamma or use head: generalized")
+        info = METHODS.get(method_of(cfg["methods"], spec["backbone"]))
+        if info is not None and not info.step0:
+            raise IfssError(f"{where}.rows.{row}.backbone: {spec['backbone']!r} trains no "
+                            f"step-0 model; backbones are step-0 methods such as PSP, PSP-CTR")
+    table.setdefault("metrics", ["novel"])
+    table["methods"] = list(dict.fromkeys(spec["backbone"] for spec in table["rows"].values()))
+    check_names(table["methods"], f"{where}.rows backbones", cfg["methods"])
+    if "delta" in table and table["delta"] not in table["rows"]:
+        raise IfssError(f"{where}.delta: {table['delta']!r} is not one of {where}.rows "
+                        f"({', '.join(table['rows'])})")
 
 
 def check_extra_tests(table: dict, where: str) -> None:

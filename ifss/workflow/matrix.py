@@ -288,6 +288,42 @@ class Matrix:
                  "data.protocol": protocol, **self.dataset_keys(dataset, int(step))}
         return set_args(fixed, fragment)
 
+    # ------------------------------------------------------------- episodic evaluations
+
+    def episodic_inputs(self, dataset, task, backbone, nshot, head) -> dict:
+        """The few-shot step-0 run of `backbone` on the fold, and the data."""
+        self.episodic_head_settings(dataset, task, backbone, head)
+        step0 = paths.step0_dir(dataset, self.step0_task(dataset, task), backbone)
+        return {"model": f"{step0}/model.pt", **self.dataset_inputs(dataset)}
+
+    def episodic_head_settings(self, dataset, task, backbone, head) -> dict:
+        """{"eval.head", "eval.gamma"} of a head folder (binary | generalized-g{gamma}); the
+        names are checked (a fold task, a step-0 backbone)."""
+        task_info = self.check_task(dataset, task)
+        if task_info.num_steps != 2:
+            raise IfssError(f"task {task!r} is not a fold (base classes and one step of novel "
+                            "classes); episodic evaluations are of the 5-i / 20-i tasks")
+        self.check_base(backbone)
+        kind, _, gamma = head.partition("-g")
+        if head == "binary":
+            return {"eval.head": "binary", "eval.gamma": 0.0}
+        try:
+            value = float(gamma)
+        except ValueError:
+            value = None
+        if kind != "generalized" or value is None or paths.episodic_head(kind, value) != head:
+            raise IfssError(f"unknown episodic head folder {head!r}; use binary or "
+                            "generalized-g<gamma> (generalized-g0, generalized-g10)")
+        return {"eval.head": "generalized", "eval.gamma": value}
+
+    def episodic_sets(self, dataset, task, backbone, nshot, head) -> str:
+        """`ifss eval` --set pairs: where the data is, the protocol, shot, head and gamma, then
+        datasets.D.episodic (episodes, runs, image size, ...)."""
+        fixed = {"eval.protocol": "episodic", "nshot": int(nshot),
+                 **self.episodic_head_settings(dataset, task, backbone, head),
+                 **self.dataset_keys(dataset)}
+        return set_args(fixed, self.datasets[dataset]["episodic"])
+
     # ------------------------------------------------------------- tables and figures
 
     def all_targets(self) -> list[str]:
@@ -311,6 +347,11 @@ class Matrix:
             "dataset": table["dataset"],
             "methods": [m for m in table["methods"] if self.is_registered(m)],
         }
+        if table["kind"] == "episodic":
+            rows = {name: row for name, row in table["rows"].items()
+                    if self.is_registered(row["backbone"])}
+            return {**spec, "kind": "episodic", "tasks": table["tasks"], "shots": table["shots"],
+                    "rows": rows, "metrics": table["metrics"], "delta": table.get("delta")}
         if table["kind"] == "continual":
             protocols = [p for t in table["tasks"] for p in targets.table_protocols(table, t)]
             spec = {**spec, "kind": "continual", "tasks": table["tasks"],
@@ -318,6 +359,8 @@ class Matrix:
             if table.get("extra_tests"):  # only then: an older table's spec stays as it was
                 spec["extra_tests"] = table["extra_tests"]
             return spec
+        if table.get("delta"):  # only then: an older table's spec stays as it was
+            spec["delta"] = table["delta"]
         return {**spec, "shots": table["shots"]}
 
     def figure(self, name: str, kind: str = "comparison") -> dict:

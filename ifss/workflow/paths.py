@@ -4,6 +4,9 @@
                step k  results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{k}/
     continual  step 0  results/runs/{dataset}/{task}/{protocol}/step0/{base}/
                step k  results/runs/{dataset}/{task}/{protocol}/{method}/step{k}/
+    episodic           results/runs/{dataset}/{task}/episodic/{backbone}/s{nshot}/{head}/
+               (the evaluation of the few-shot step-0 run of `backbone` on the fold `task`;
+               head: binary | generalized-g{gamma}, see `episodic_head`)
 
 with protocol one of disjoint | overlap | sequential. A task's step 0 is the run of the first task
 with the same step-0 classes (ifss.workflow.targets.step0_task), and sequential runs start from
@@ -48,6 +51,18 @@ def continual_step0_dir(dataset, task, protocol, base) -> str:
 def continual_step_dir(dataset, task, protocol, method, step) -> str:
     """Continual step `step` >= 1 of one run (every train image with a class of the step)."""
     return f"{RUNS}/{dataset}/{task}/{protocol}/{method}/step{step}"
+
+
+def episodic_head(head: str, gamma: float = 0.0) -> str:
+    """The folder name of an episodic evaluation's head: `binary`, or `generalized-g{gamma}`
+    (gamma as `%g` prints it: 0, 5, 0.5)."""
+    return head if head == "binary" else f"{head}-g{gamma:g}"
+
+
+def episodic_dir(dataset, task, backbone, nshot, head) -> str:
+    """An episodic evaluation (`ifss eval`, eval.protocol episodic) of the step-0 run of
+    `backbone` on the fold `task`, with `nshot` support images and the head folder `head`."""
+    return f"{RUNS}/{dataset}/{task}/episodic/{backbone}/s{nshot}/{head}"
 
 
 def run_dir(dataset, task, method, step, nshot, ishot, protocol="fewshot") -> str:

@@ -33,7 +33,7 @@ from ifss.config import merge
 STAGES = ("step0", "fewshot", "continual")  # the method sections (methods.M.<stage>)
 SETTINGS = ("SS", "MS")  # few-shot steps of single-step and of multi-step tasks
 # The dataset sections: every kind of run reads one (dataset_part)
-PARTS = ("step0", *SETTINGS, "continual_step0", "continual")
+PARTS = ("step0", *SETTINGS, "continual_step0", "continual", "episodic")
 
 
 def as_list(value) -> list:

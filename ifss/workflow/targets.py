@@ -2,7 +2,8 @@
 list; and which task's step-0 run a task reuses.
 
 Tables and figures have a `kind` (filled in by the schema): few-shot tables (the default; runs
-per shot and split) and continual tables (runs per protocol); comparison figures (the default;
+per shot and split), continual tables (runs per protocol) and episodic tables (episodic
+evaluations of step-0 runs, per fold, shot and head); comparison figures (the default;
 qualitative masks and t-SNE of compared models) and per_step figures (mIoU after each step of a
 continual task)."""
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ifss.tasks import get_task, task_names
-from ifss.workflow.paths import continual_step_dir, figure_files, step_dir, table_files
+from ifss.workflow.paths import (continual_step_dir, episodic_dir, episodic_head, figure_files,
+                                 step_dir, table_files)
 
 Registered = Callable[[str], bool]  # is a configured name's method registered?
 
@@ -62,8 +64,21 @@ def continual_table_runs(table: dict, registered: Registered) -> list[tuple]:
             for method in table["methods"] if registered(method)]
 
 
+def episodic_table_runs(table: dict, registered: Registered) -> list[tuple]:
+    """(task, backbone, nshot, head folder) of each evaluation an episodic table reads (rows
+    may share one: the same backbone, head and gamma), registered backbones only."""
+    runs = [(task, row["backbone"], nshot, episodic_head(row["head"], row.get("gamma", 0.0)))
+            for task in table["tasks"] for row in table["rows"].values()
+            if registered(row["backbone"]) for nshot in table["shots"]]
+    return list(dict.fromkeys(runs))
+
+
 def table_metrics(table: dict, registered: Registered) -> list[str]:
-    """The metrics.json of the last step of each run the table reads."""
+    """The metrics.json of the last step of each run the table reads (an episodic table: of
+    each evaluation)."""
+    if table.get("kind") == "episodic":
+        return [f"{episodic_dir(table['dataset'], *run)}/metrics.json"
+                for run in episodic_table_runs(table, registered)]
     if table.get("kind") == "continual":
         return [f"{continual_step_dir(table['dataset'], *run)}/metrics.json"
                 for run in continual_table_runs(table, registered)]

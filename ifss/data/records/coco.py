@@ -30,6 +30,9 @@ def _coco_tasks() -> dict[str, Steps]:
         tasks[f"20-{fold}m"] = (without(COCO_IDS, novel),) + tuple(
             novel[i : i + 5] for i in range(0, 20, 5)
         )
+    for fold in range(4):  # COCO-20i's contiguous variant: the fold's block of 20 of the 80
+        novel = COCO_IDS[20 * fold : 20 * fold + 20]  # (GFSS-Capstone with use_split_coco off)
+        tasks[f"20-{fold}c"] = (without(COCO_IDS, novel), novel)
     return tasks
 
 
