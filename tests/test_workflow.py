@@ -212,16 +212,16 @@ def test_default_config_builds_every_table_kind(tmp_path):
         for t in gfss for task in t["tasks"] for nshot in t["shots"] for row in t["rows"].values()})
     assert css["methods"] == CSS_METHODS and css["kind"] == weak["kind"] == "continual"
     assert css["protocols"] == weak["protocols"] == ["disjoint", "overlap"]
-    assert weak["methods"] == ["FT", "MIB", "WILSON", "WILSON-hard"]
+    assert weak["methods"] == ["FT", "MIB", "WILSON"]
     per_step = cfg["figures"]["demo_css_15-1"]["methods"]
     registered = [m for m in CSS_METHODS if m in METHODS]
-    # 15-5 (disjoint, overlap) for the suite and WILSON's two rows, steps 1-5 of 15-1 per line
-    assert counts.get("train_continual", 0) == 2 * len(registered) + 2 * 2 + 5 * len(per_step)
+    # 15-5 (disjoint, overlap) for the suite and WILSON, steps 1-5 of 15-1 per line
+    assert counts.get("train_continual", 0) == 2 * len(registered) + 2 + 5 * len(per_step)
     bases = {METHODS[m].base for m in registered + ["WILSON"]}
     assert counts.get("train_continual_step0", 0) == 2 * len(bases)  # disjoint, overlap
     assert set(demo["tasks"]) == {"5-0", "5-0m"} and len(demo["shots"]) >= 2
     variants = {name for name, m in cfg["methods"].items() if m and "method" in m}
-    assert {cfg["methods"][v]["method"] for v in variants} == {"MCLOS", "WILSON"}
+    assert {cfg["methods"][v]["method"] for v in variants} <= {"MCLOS", "WILSON"}
     mclos_variants = {v for v in variants if cfg["methods"][v]["method"] == "MCLOS"}
     assert len(mclos_variants) == 5
     ablations = [t for name, t in cfg["tables"].items()
