@@ -4,8 +4,13 @@ Rows of the matrix are ground truth, columns predictions. A class absent from bo
 and prediction has no IoU (None) and is left out of every mean; a class predicted but absent from
 the ground truth has IoU 0 (its false positives count). Base classes are the step-0 classes with
 background included (as in PIFS); novel classes are all classes added after step 0.
+
+`weakshot_summary` gives SimFormer's weak-shot numbers (mIoU, fwIoU, mACC, pACC, base / novel
+IoU and ACC) over given base and novel classes; pixels whose ground truth is neither are ignored.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -60,4 +65,68 @@ def summarize(mat: torch.Tensor, num_base: int) -> dict:
         "miou_all": _mean(iou),
         "hm": harmonic_mean(base, novel),
         "pixel_accuracy": mat.diag().sum().item() / total if total else None,
+    }
+
+
+def accuracy_per_class(mat: torch.Tensor) -> list[float | None]:
+    """Per class, the share of its ground-truth pixels predicted as it (None: no such pixel)."""
+    mat = mat.double().cpu()
+    return [None if g == 0 else float(t / g) for t, g in zip(mat.diag(), mat.sum(1))]
+
+
+def weakshot_summary(mat: torch.Tensor, base: Sequence[int], novel: Sequence[int]) -> dict:
+    """SimFormer's metrics from a confusion matrix, over the classes `base` + `novel` (indices).
+
+    Pixels whose ground truth is in neither are ignored (their rows dropped); a prediction of any
+    other index (background 0, say) on a kept pixel counts as an error. Per kept class c, with
+    tp = mat[c, c], gt = its kept row's sum, pred = its column's sum over kept rows:
+
+        iou[c] = tp / (gt + pred - tp), None when gt + pred = 0
+        acc[c] = tp / gt, None when gt = 0
+        miou_all, macc: means over the classes whose value is not None
+        fwiou = sum_c gt_c / sum(gt) * iou[c];  pacc = sum(tp) / sum(gt)
+        miou_base / miou_novel, macc_base / macc_novel: the same means over base or novel only
+        hm: harmonic mean of miou_base and miou_novel
+
+    Classes absent from the ground truth are handled as `summarize` does: absent from both ground
+    truth and prediction, no IoU (left out of the means); predicted but absent, IoU 0 (counted).
+    Their accuracy is None. SimFormer (prop_former/evaluation.py, detectron2's SemSegEvaluator)
+    gives the same mIoU, fwIoU, mACC and pACC, but its BaseIoU / NovelIoU skip a class that is
+    predicted and absent from the ground truth, which counts as 0 here.
+
+    For ifss's weak-shot tasks (`ws*`), after step 1 with task t: base = range(1, t.num_base),
+    novel = range(t.num_base, len(t.order(1))), background 0 left out (COCO-Stuff-10K has none;
+    SimFormer makes ADE20K's "other" void). `iou` and `acc` are indexed like the matrix, None
+    for indices in neither list. Values are fractions, not percentages.
+    """
+    n = mat.shape[0]
+    base, novel = [int(c) for c in base], [int(c) for c in novel]
+    kept = base + novel
+    if len(set(kept)) != len(kept) or not all(0 <= c < n for c in kept):
+        raise ValueError(f"base {base} and novel {novel} must be distinct indices in 0..{n - 1}")
+    rows = torch.zeros(n, dtype=torch.bool)
+    rows[kept] = True
+    mat = mat.double().cpu() * rows[:, None]  # ignored pixels: rows outside base + novel
+    tp, gt, pred = mat.diag(), mat.sum(1), mat.sum(0)
+    iou: list[float | None] = [None] * n
+    acc: list[float | None] = [None] * n
+    for c in kept:
+        union = gt[c] + pred[c] - tp[c]
+        iou[c] = None if union == 0 else float(tp[c] / union)
+        acc[c] = None if gt[c] == 0 else float(tp[c] / gt[c])
+    total = float(gt.sum())
+    base_iou, novel_iou = _mean([iou[c] for c in base]), _mean([iou[c] for c in novel])
+    return {
+        "iou": iou,
+        "acc": acc,
+        "miou_all": _mean([iou[c] for c in kept]),
+        "fwiou": (sum(float(gt[c]) / total * iou[c] for c in kept if gt[c] > 0)
+                  if total else None),
+        "macc": _mean([acc[c] for c in kept]),
+        "pacc": float(tp.sum()) / total if total else None,
+        "miou_base": base_iou,
+        "miou_novel": novel_iou,
+        "macc_base": _mean([acc[c] for c in base]),
+        "macc_novel": _mean([acc[c] for c in novel]),
+        "hm": harmonic_mean(base_iou, novel_iou),
     }

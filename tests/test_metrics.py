@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from ifss.metrics import ConfusionMatrix, harmonic_mean, iou_per_class, summarize
+import numpy as np
+
+from ifss.metrics import (
+    ConfusionMatrix, accuracy_per_class, harmonic_mean, iou_per_class, summarize, weakshot_summary,
+)
 
 
 def test_confusion_matrix_counts_and_ignores_void():
@@ -50,3 +54,82 @@ def test_harmonic_mean():
     assert harmonic_mean(0.6, 0.2) == pytest.approx(0.3)
     assert harmonic_mean(0.0, 0.0) == 0.0
     assert harmonic_mean(0.5, None) is None
+
+
+# ------------------------------------------------------------------ weak-shot (SimFormer) metrics
+
+# rows = ground truth, columns = prediction; 6 classes: 0 = background / ignored "other",
+# base 1 and 2, novel 3 (predicted, absent from ground truth), 4, and 5 (absent from both)
+WEAKSHOT = torch.tensor([
+    [7, 1, 0, 0, 2, 0],  # ground truth 0: ignored, with its predictions
+    [1, 8, 1, 0, 0, 0],  # 10 pixels of class 1, 8 right, one predicted background
+    [0, 2, 6, 0, 2, 0],  # 10 pixels of class 2
+    [0, 0, 0, 0, 0, 0],  # class 3: no pixel, predicted 3 times below
+    [0, 0, 0, 3, 5, 0],  # 8 pixels of class 4
+    [0, 0, 0, 0, 0, 0],  # class 5: absent from both
+])
+
+
+def test_accuracy_per_class_by_hand():
+    assert accuracy_per_class(WEAKSHOT) == [pytest.approx(0.7), pytest.approx(0.8),
+                                            pytest.approx(0.6), None, pytest.approx(5 / 8), None]
+
+
+def test_weakshot_summary_by_hand():
+    s = weakshot_summary(WEAKSHOT, base=[1, 2], novel=[3, 4, 5])
+    # kept rows 1, 2, 4; column sums over them: 1, 10, 7, 3, 7, 0
+    iou = {1: 8 / (10 + 10 - 8), 2: 6 / (10 + 7 - 6), 3: 0.0, 4: 5 / (8 + 7 - 5)}
+    acc = {1: 0.8, 2: 0.6, 4: 5 / 8}
+    assert s["iou"][0] is None and s["iou"][5] is None  # not kept / absent from both
+    assert s["acc"][0] is None and s["acc"][3] is None and s["acc"][5] is None
+    for c in iou:
+        assert s["iou"][c] == pytest.approx(iou[c])
+    for c in acc:
+        assert s["acc"][c] == pytest.approx(acc[c])
+    assert s["miou_all"] == pytest.approx(sum(iou.values()) / 4)
+    assert s["fwiou"] == pytest.approx(10 / 28 * iou[1] + 10 / 28 * iou[2] + 8 / 28 * iou[4])
+    assert s["macc"] == pytest.approx((0.8 + 0.6 + 5 / 8) / 3)
+    assert s["pacc"] == pytest.approx(19 / 28)
+    assert s["miou_base"] == pytest.approx((iou[1] + iou[2]) / 2)
+    assert s["miou_novel"] == pytest.approx((0.0 + iou[4]) / 2)  # class 3 counts as 0
+    assert s["macc_base"] == pytest.approx(0.7) and s["macc_novel"] == pytest.approx(5 / 8)
+    assert s["hm"] == pytest.approx(harmonic_mean(s["miou_base"], s["miou_novel"]))
+    # the same IoUs as summarize's convention on the matrix without the ignored row
+    kept = WEAKSHOT.clone()
+    kept[0] = 0
+    for c, v in enumerate(iou_per_class(kept)[1:], start=1):
+        assert s["iou"][c] == (None if v is None else pytest.approx(v))
+
+
+def test_weakshot_summary_matches_simformers_formulas():
+    """mIoU, fwIoU, mACC, pACC as SimFormer's evaluator computes them (its matrix is [pred, gt],
+    void pixels in the last row and column; every class but background kept)."""
+    rng = np.random.default_rng(0)
+    n = 7
+    mat = rng.integers(0, 50, (n, n))
+    mat[3] = 0  # a class absent from the ground truth, still predicted
+    conf = np.zeros((n, n), np.int64)  # SimFormer's: classes 1..6 -> 0..5, void (gt 0) -> 6
+    conf[:n - 1, :n - 1] = mat[1:, 1:].T
+    conf[:n - 1, n - 1] = mat[0, 1:]  # pixels of ground truth 0 are void there
+    tp = conf.diagonal()[:-1].astype(float)
+    pos_gt = conf[:-1, :-1].sum(0).astype(float)
+    pos_pred = conf[:-1, :-1].sum(1).astype(float)
+    valid = pos_gt > 0
+    iou = tp[valid] / (pos_gt + pos_pred - tp)[valid]
+    expected = {"miou_all": iou.sum() / ((pos_gt + pos_pred) > 0).sum(),
+                "fwiou": (iou * (pos_gt / pos_gt.sum())[valid]).sum(),
+                "macc": (tp[valid] / pos_gt[valid]).mean(), "pacc": tp.sum() / pos_gt.sum()}
+    # background predictions have no column in SimFormer: take them out of the matrix
+    mat[:, 0] = 0
+    s = weakshot_summary(torch.from_numpy(mat), base=[1, 2, 3], novel=[4, 5, 6])
+    for key, value in expected.items():
+        assert s[key] == pytest.approx(value), key
+
+
+def test_weakshot_summary_refuses_overlapping_or_outside_classes():
+    with pytest.raises(ValueError, match="distinct indices"):
+        weakshot_summary(WEAKSHOT, base=[1, 2], novel=[2, 3])
+    with pytest.raises(ValueError, match="distinct indices"):
+        weakshot_summary(WEAKSHOT, base=[1], novel=[6])
+    empty = weakshot_summary(torch.zeros(3, 3, dtype=torch.int64), base=[1], novel=[2])
+    assert empty["pacc"] is None and empty["fwiou"] is None and empty["miou_all"] is None

@@ -155,7 +155,7 @@ def test_sources_table_writes_through_to_the_records(monkeypatch):
     assert sources.files_for("voc") == rows and DATASETS["voc"].tasks is original.tasks
     monkeypatch.undo()
     assert DATASETS["voc"] == original
-    assert list(sources.SOURCES) == ["voc", "coco", "ade"]
+    assert list(sources.SOURCES) == ["voc", "coco", "cocostuff10k", "ade"]
     with pytest.raises(IfssError, match="'synthetic' has nothing to download; make it with"):
         sources.files_for("synthetic")
     with pytest.raises(IfssError, match="unknown label source 'panoptic' for dataset 'coco'"):

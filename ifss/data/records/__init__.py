@@ -10,6 +10,7 @@ records.
     coco.py     COCO 2017 object labels
     coco_voc.py COCO-to-VOC (WILSON): COCO's non-VOC classes, then VOC's relabelled to COCO ids
     ade.py      ADE20K SceneParsing (ADEChallengeData2016), 150 classes
+    cocostuff10k.py  COCO-Stuff-10K v1.1, 171 thing and stuff classes (SimFormer's weak-shot splits)
 
 This package imports nothing beyond the standard library and `ifss.errors`: the workflow imports
 it (through `ifss.tasks`) while building the DAG, where torch must not load.
@@ -26,18 +27,21 @@ from __future__ import annotations
 from ifss.data.records.ade import ADE, ADE_CLASSES, ADE_IDS
 from ifss.data.records.coco import COCO, COCO_CLASSES, COCO_IDS
 from ifss.data.records.coco_voc import COCO_VOC
+from ifss.data.records.cocostuff10k import COCOSTUFF10K, COCOSTUFF10K_CLASSES
 from ifss.data.records.record import DatasetRecord, Folders, SourceFile, Steps
 from ifss.data.records.voc import SYNTHETIC, VOC, VOC_CLASSES
 from ifss.errors import unknown
 
 __all__ = [
-    "ADE", "ADE_CLASSES", "ADE_IDS", "COCO", "COCO_CLASSES", "COCO_IDS", "COCO_VOC", "DATASETS",
+    "ADE", "ADE_CLASSES", "ADE_IDS", "COCO", "COCO_CLASSES", "COCO_IDS", "COCO_VOC", "COCOSTUFF10K",
+    "COCOSTUFF10K_CLASSES", "DATASETS",
     "DatasetRecord", "Folders", "SYNTHETIC", "SourceFile", "Steps", "VOC", "VOC_CLASSES",
     "get_dataset",
 ]
 
 # Insertion order is the order users see in messages and `--help`.
-DATASETS: dict[str, DatasetRecord] = {r.name: r for r in (VOC, COCO, SYNTHETIC, COCO_VOC, ADE)}
+DATASETS: dict[str, DatasetRecord] = {
+    r.name: r for r in (VOC, COCO, SYNTHETIC, COCO_VOC, COCOSTUFF10K, ADE)}
 
 
 def get_dataset(name: str) -> DatasetRecord:

@@ -11,12 +11,22 @@ orders `b` and `c` (MiB's 100-50b, 100-10b, 50b, ...). Their new classes are wri
 MiB lists them; step 0 is every class not learned later (equal to MiB's step-0 lists, which are
 sorted). MiB's data/ade/order-b.txt (a permutation of 1..150) is not what its code reads for the
 `b` tasks; the lists in tasks.py are.
+
+Weak-shot tasks `ws1`..`ws4`: SimFormer's four splits, each (base classes: pixel labels, novel
+classes: image-level labels only) with 38 = round(150 / 4) novel classes. Its lists are in its
+0-based "did"s (= ifss id - 1, MaskFormer's ADE labels shifted down by one), copied verbatim below
+from bcmi/SimFormer-Weak-Shot-Semantic-Segmentation prop_former/data/datasets/ADE_20k/info.py
+(split1_novel_dids .. split4_novel_dids). SimFormer, preparing ADE20K as MaskFormer does, makes
+"other" (0) void; here it stays background, class 0 of step 0 as in every ifss task: a run that
+wants SimFormer's convention leaves it out of its metrics (`ifss.metrics.weakshot_summary` with
+base = 1..num_base - 1 ignores pixels whose ground truth is 0).
 """
 from __future__ import annotations
 
 from ifss.data.records.record import DatasetRecord, Folders, SourceFile, Steps, without
 
-__all__ = ["ADE", "ADE_ARCHIVE_FOLDER", "ADE_CLASSES", "ADE_FILES", "ADE_IDS"]
+__all__ = ["ADE", "ADE_ARCHIVE_FOLDER", "ADE_CLASSES", "ADE_FILES", "ADE_IDS",
+           "SIMFORMER_ADE_NOVEL"]
 
 ADE_CLASSES = (
     "background",
@@ -70,6 +80,19 @@ _C_50_STEP1 = (1, 6, 8, 9, 14, 24, 25, 26, 29, 34, 35, 36, 40, 41, 44, 45, 48, 5
                120, 121, 123, 124, 126, 135, 136, 139, 149)
 
 
+# SimFormer's novel classes per weak-shot split (0-based dids = ifss id - 1), verbatim
+SIMFORMER_ADE_NOVEL = {
+    1: (1, 3, 6, 8, 10, 13, 17, 22, 23, 29, 33, 38, 41, 50, 51, 56, 67, 70, 71, 74, 77, 81, 92, 93,
+        98, 101, 102, 103, 110, 113, 119, 121, 126, 127, 130, 136, 147, 149),
+    2: (0, 10, 21, 27, 28, 29, 34, 40, 42, 43, 51, 57, 58, 65, 66, 68, 69, 73, 76, 78, 85, 88, 90,
+        100, 105, 110, 111, 112, 113, 114, 117, 123, 124, 132, 134, 139, 142, 146),
+    3: (0, 5, 9, 15, 16, 21, 24, 25, 27, 32, 34, 35, 38, 39, 55, 70, 76, 85, 95, 96, 98, 100, 106,
+        109, 111, 118, 119, 124, 128, 132, 134, 135, 136, 138, 140, 141, 143, 144),
+    4: (5, 11, 13, 16, 21, 24, 26, 32, 35, 42, 53, 56, 60, 61, 63, 64, 68, 70, 75, 82, 91, 93, 94,
+        99, 100, 105, 111, 115, 118, 121, 122, 130, 132, 135, 137, 138, 141, 143),
+}
+
+
 def _from_new(*later: tuple[int, ...]) -> Steps:
     """Steps whose step 0 is every class that the later steps do not learn."""
     return (without(ADE_IDS, [c for step in later for c in step]),) + tuple(later)
@@ -88,6 +111,8 @@ def _ade_tasks() -> dict[str, Steps]:
         "100-50c": _from_new(_C_100_50),
         "100-10c": _from_new(*_C_100_10),
         "50-50c": _from_new(_C_50_STEP1, _C_100_50),
+        **{f"ws{split}": _from_new(tuple(sorted(d + 1 for d in dids)))
+           for split, dids in SIMFORMER_ADE_NOVEL.items()},
     }
 
 
