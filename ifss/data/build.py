@@ -70,8 +70,9 @@ def continual_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[
            if incremental.keeps_image(cs, task, cfg.step, protocol)]
     if not ids:
         raise IfssError(
-            f"none of the {len(image_classes)} train images of {cfg.dataset} in {cfg.data.root} "
-            f"enters step {cfg.step} of task {task.name} under the {protocol} protocol (classes "
+            f"none of the {len(image_classes)} {train_split(cfg.dataset, cfg.step)} images of "
+            f"{cfg.dataset} in {cfg.data.root} enters step {cfg.step} of task {task.name} under "
+            f"the {protocol} protocol (classes "
             f"{list(task.steps[cfg.step])}); check data.root, the task and data.protocol")
     lut = incremental.continual_lut(task, cfg.step, protocol)
     return [(i, lut) for i in ids]

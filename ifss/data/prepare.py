@@ -9,6 +9,10 @@
                                         ifss.data.coco_labels, importable from here)
     prepare_ade(raw_dir, out)           ADE20K SceneParsing tree, checked, + id lists -> out/
                                         (defined in ifss.data.ade, importable from here)
+    COCO-Stuff-10K                      its record's `prepare` (ifss.data.cocostuff10k): .mat
+                                        labels -> PNGs of ids 1..171 (255 unlabeled) + lists
+    coco-voc (COCO-to-VOC)              built from prepared COCO and VOC folders, not
+                                        downloaded: `ifss coco-voc` (ifss.data.coco_voc)
 
 Layouts written (images, VOC and ADE labels are hard links, or symlinks across file systems):
 
