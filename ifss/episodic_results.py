@@ -45,20 +45,25 @@ def _matches(record: dict, row: dict) -> bool:
             and float(record["gamma"]) == float(gamma))
 
 
+def row_records(records: list[dict], rows: dict):
+    """(row name, record) of every evaluation each row shows (rows may share one)."""
+    for name, row in rows.items():
+        for record in records:
+            if _matches(record, row):
+                yield name, record
+
+
 def runs_frame(records: list[dict], rows: dict) -> pd.DataFrame:
     """One line per (table row, evaluation): rows sharing an evaluation each get it."""
     lines = []
-    for name, row in rows.items():
-        for r in records:
-            if not _matches(r, row):
-                continue
-            lines.append({
-                "row": name, "dataset": r["dataset"], "fold": r["task"], "backbone": r["method"],
-                "head": r["head"], "gamma": r["gamma"], "nshot": r["nshot"],
-                "episodes": r.get("episodes"), "runs": r.get("runs"),
-                **{metric: percent(r.get(key)) for metric, key in METRIC_KEYS.items()},
-                "wall_time_s": r.get("wall_time_s"), "metrics": r["_path"],
-            })
+    for name, r in row_records(records, rows):
+        lines.append({
+            "row": name, "dataset": r["dataset"], "fold": r["task"], "backbone": r["method"],
+            "head": r["head"], "gamma": r["gamma"], "nshot": r["nshot"],
+            "episodes": r.get("episodes"), "runs": r.get("runs"),
+            **{metric: percent(r.get(key)) for metric, key in METRIC_KEYS.items()},
+            "wall_time_s": r.get("wall_time_s"), "metrics": r["_path"],
+        })
     frame = pd.DataFrame(lines)
     if frame.empty:
         raise IfssError("no evaluation matches a row of the table; rerun the table's jobs")
@@ -128,14 +133,11 @@ def summary_markdown(summary: pd.DataFrame, folds: list[str], title: str = "",
 
 def per_class_frame(records: list[dict], rows: dict) -> pd.DataFrame:
     lines = []
-    for name, row in rows.items():
-        for r in records:
-            if not _matches(r, row):
-                continue
-            for kind in ("novel", "base"):
-                for cls, iou in (r.get(f"per_class_{kind}") or {}).items():
-                    lines.append({"row": name, "fold": r["task"], "nshot": r["nshot"],
-                                  "kind": kind, "class": cls, "IoU": percent(iou)})
+    for name, r in row_records(records, rows):
+        for kind in ("novel", "base"):
+            for cls, iou in (r.get(f"per_class_{kind}") or {}).items():
+                lines.append({"row": name, "fold": r["task"], "nshot": r["nshot"],
+                              "kind": kind, "class": cls, "IoU": percent(iou)})
     return pd.DataFrame(lines, columns=["row", "fold", "nshot", "kind", "class", "IoU"])
 
 

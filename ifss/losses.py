@@ -20,10 +20,13 @@ def _masked_mean(per_pixel: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
     return (per_pixel * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def segmentation_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def segmentation_ce(logits: torch.Tensor, labels: torch.Tensor,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy averaged over the pixels whose label is not void (zero if there are none).
-    Sum / count rather than a branch on the count, so no host sync per step."""
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    Sum / count rather than a branch on the count, so no host sync per step. `label_smoothing`
+    ε: torch's target (1 - ε)·onehot + ε/C (void pixels drop out with their smoothing term)."""
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum",
+                            label_smoothing=label_smoothing)
     return total / (labels != IGNORE).sum().clamp_min(1)
 
 

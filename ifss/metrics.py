@@ -46,6 +46,11 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def percent_text(value: float | None) -> str:
+    """"61.3" for 0.613, "-" for a value that is not there (log lines)."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def harmonic_mean(base: float | None, novel: float | None) -> float | None:
     if base is None or novel is None:
         return None

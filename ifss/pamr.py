@@ -14,11 +14,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ifss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ifss.errors import IfssError
 
-# ImageNet statistics; the original code mistyped the blue mean as 0.4069, we use the true 0.406
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the images' ImageNet statistics (the original code mistyped the blue mean as 0.4069)
 
 
 def _check_4d(name: str, t: torch.Tensor) -> None:

@@ -28,6 +28,7 @@ from ifss.data.layout import layout_for
 from ifss.distributed import Runtime, setup, teardown
 from ifss.errors import IfssError
 from ifss.models import convert_sync_norm
+from ifss.metrics import percent_text
 from ifss.tasks import Task
 
 log = logging.getLogger("ifss")
@@ -260,9 +261,8 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
     return record
 
 
-def _pcts(summary: dict) -> list[str]:
-    return ["-" if summary[k] is None else f"{100 * summary[k]:.1f}"
-            for k in ("miou_base", "miou_novel", "miou_all", "hm")]
+def _pcts(summary: dict, keys=("miou_base", "miou_novel", "miou_all", "hm")) -> list[str]:
+    return [percent_text(summary[k]) for k in keys]
 
 
 def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> dict:
@@ -320,7 +320,7 @@ def _eval_episodic(run: ResolvedRun, model, checkpoint, out_dir: Path) -> dict:
             log.info("episodic %s %s %s, %s head, %d-shot, %d run(s) x %d episodes: novel mIoU "
                      "%s, FB-IoU %s, base mIoU %s", cfg.dataset, cfg.task, cfg.label or cfg.method,
                      ev.head, cfg.nshot, ev.runs, ev.episodes,
-                     *_pct_or_dash(record, ("miou_novel", "fb_iou", "miou_base")))
+                     *_pcts(record, ("miou_novel", "fb_iou", "miou_base")))
             if runtime.is_main:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 log_to_file(out_dir)
@@ -329,6 +329,3 @@ def _eval_episodic(run: ResolvedRun, model, checkpoint, out_dir: Path) -> dict:
     finally:
         teardown()
 
-
-def _pct_or_dash(record: dict, keys) -> list[str]:
-    return ["-" if record[k] is None else f"{100 * record[k]:.1f}" for k in keys]

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ifss.errors import IfssError
-
-IGNORE = 255
+from ifss.losses import IGNORE
 
 
 def one_hot_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from conftest import run_tiny
 from ifss.config import EvalConfig, build_config
 from ifss.data.layout import Layout
 from ifss.data.records import COCO_IDS
-from ifss.episodic.episodes import (Fold, binary_label, check_lists, class_lists, fold_of,
+from ifss.data.index import images_per_class
+from ifss.episodic.episodes import (Fold, binary_label, check_lists, fold_of,
                                     kept_classes, read_kept_classes, sample_episodes)
 from ifss.episodic.evaluate import binarize, head_start, resize_pad
 from ifss.errors import IfssError
@@ -97,7 +98,7 @@ def test_queries_walk_the_list_and_restart():
 
 def test_episode_rules():
     episodes = sample_episodes(LISTS, FOLD, 2, 700, seed=1)
-    lists = class_lists(LISTS)
+    lists = images_per_class(LISTS)
     for e in episodes:
         assert e.novel in LISTS[e.query] and e.novel in FOLD.novel
         assert len(e.support) == 2 and len(set(e.support)) == 2  # no repeats
@@ -119,7 +120,7 @@ def test_episodes_are_seeded():
 
 
 def test_a_class_without_enough_images_is_one_clear_error():
-    lists = class_lists(LISTS)  # class 1: q1, q2, a, b (4 images)
+    lists = images_per_class(LISTS)  # class 1: q1, q2, a, b (4 images)
     check_lists(lists, FOLD, 3, 2048)
     with pytest.raises(IfssError, match=r"^novel class 1 \(red\) of fold toy has 4 val image\(s\) "
                                         r"with 2048 of its pixels, fewer than nshot \+ 1 = 5 .*"

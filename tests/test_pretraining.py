@@ -12,7 +12,7 @@ from ifss.distributed import Runtime
 from ifss.errors import IfssError
 from ifss.losses import segmentation_ce
 from ifss.methods.params import PretrainContrastParams, PretrainParams
-from ifss.methods.pretraining import Pretraining, smoothed_ce
+from ifss.methods.pretraining import Pretraining
 from ifss.methods.registry import method_info, method_params
 from ifss.pixel_contrast import (ProjectionHead, pixel_contrast, sample_pixel_anchors,
                                  supervised_contrast)
@@ -181,7 +181,7 @@ def test_projection_head_is_unit_norm():
                           atol=1e-5)
 
 
-def test_smoothed_ce():
+def test_label_smoothed_ce():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 3, 3)
     labels = torch.randint(0, 4, (2, 3, 3))
@@ -191,10 +191,10 @@ def test_smoothed_ce():
     logp = F.log_softmax(logits, 1).permute(0, 2, 3, 1)[keep]
     onehot = F.one_hot(labels[keep], 4).float()
     by_hand = -(((1 - 0.1) * onehot + 0.1 / 4) * logp).sum(1).mean()
-    assert smoothed_ce(logits, labels, 0.1).item() == pytest.approx(by_hand.item(), rel=1e-5)
-    assert smoothed_ce(logits, labels, 0.0).item() == pytest.approx(
+    assert segmentation_ce(logits, labels, 0.1).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert segmentation_ce(logits, labels, 0.0).item() == pytest.approx(
         segmentation_ce(logits, labels).item(), rel=1e-6)
-    assert smoothed_ce(logits, torch.full_like(labels, V), 0.1).item() == 0.0
+    assert segmentation_ce(logits, torch.full_like(labels, V), 0.1).item() == 0.0
 
 
 @pytest.mark.parametrize("bad", [

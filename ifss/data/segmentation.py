@@ -50,16 +50,10 @@ class SegmentationSet(Dataset):
         """The image (uint8) and its remapped label (None without `read_labels`), before any
         transform."""
         image_id, lut = self.samples[index]
-        image = read_image(self.layout.image_path(self.split, image_id))
         if not self.read_labels:
-            return image, None
+            return read_image(self.layout.image_path(self.split, image_id)), None
+        image, label = read_pair(self.layout, self.split, image_id)
         label_path = self.layout.label_path(self.split, image_id)
-        label = read_label(label_path)
-        if tuple(label.shape) != tuple(image.shape[1:]):
-            raise IfssError(
-                f"label file {label_path} is {label.shape[1]}x{label.shape[0]} but its image is "
-                f"{image.shape[2]}x{image.shape[1]}; the pair does not match"
-            )
         try:
             label = apply_lut(label, lut)
         except ValueError as err:
@@ -91,6 +85,20 @@ class SegmentationSet(Dataset):
             sample["image_labels"] = multi_hot(self.image_labels[self.samples[index][0]],
                                                self.num_classes)
         return sample
+
+
+def read_pair(layout: Layout, split: str, image_id: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The image (uint8, 3 x H x W) and its label file's values (H x W), refused in one sentence
+    when their sizes differ."""
+    image = read_image(layout.image_path(split, image_id))
+    label_path = layout.label_path(split, image_id)
+    label = read_label(label_path)
+    if tuple(label.shape) != tuple(image.shape[1:]):
+        raise IfssError(
+            f"label file {label_path} is {label.shape[1]}x{label.shape[0]} but its image is "
+            f"{image.shape[2]}x{image.shape[1]}; the pair does not match"
+        )
+    return image, label
 
 
 def class_positions(image_classes: Mapping[str, Iterable[int]], order: tuple[int, ...]

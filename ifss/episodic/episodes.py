@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ifss.data.incremental import IGNORE
+from ifss.data.index import images_per_class
 from ifss.data.layout import Layout
 from ifss.data.readers import read_label
 from ifss.errors import IfssError
@@ -77,15 +78,6 @@ def read_kept_classes(layout: Layout, split: str, min_pixels: int,
     return {i: kept for i, (kept, _) in zip(ids, results)}, largest
 
 
-def class_lists(image_classes: Mapping[str, Iterable[int]]) -> dict[int, list[str]]:
-    """class -> the images listed for it, in the images' order."""
-    lists: dict[int, list[str]] = {}
-    for image_id, classes in image_classes.items():
-        for c in classes:
-            lists.setdefault(c, []).append(image_id)
-    return lists
-
-
 # ---------------------------------------------------------------------------------------------
 # episodes
 
@@ -132,7 +124,7 @@ def sample_episodes(image_classes: Mapping[str, Iterable[int]], fold: Fold, shot
     `image_classes`: the listed classes of each val image, in list order (read_kept_classes).
     Call `check_lists` first; here a shortfall is a plain ValueError."""
     novel = set(fold.novel)
-    lists = class_lists(image_classes)
+    lists = images_per_class(image_classes)
     position = {c: {i: k for k, i in enumerate(ids)} for c, ids in lists.items() if c in novel}
     queries = [(i, tuple(c for c in cs if c in novel)) for i, cs in image_classes.items()]
     queries = [(i, cs) for i, cs in queries if cs]

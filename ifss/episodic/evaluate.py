@@ -38,15 +38,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ifss.config import RunConfig
 from ifss.data.incremental import IGNORE
+from ifss.data.index import images_per_class
 from ifss.data.layout import Layout
-from ifss.data.readers import read_image, read_label
+from ifss.data.segmentation import read_pair
 from ifss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ifss.distributed import Runtime
-from ifss.episodic.episodes import (Episode, Fold, check_lists, class_lists, fold_of,
+from ifss.episodic.episodes import (Episode, Fold, check_lists, fold_of,
                                     read_kept_classes, sample_episodes)
 from ifss.episodic.heads import HeadSettings, binary_prediction, fit_heads, head_logits
 from ifss.episodic.scores import EpisodeScores, over_runs
 from ifss.errors import IfssError
+from ifss.metrics import percent_text
 from ifss.models.classifiers import CLASSIFIERS, LinearClassifier
 from ifss.tasks import Task
 
@@ -99,15 +101,8 @@ class EpisodeImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
-        image_id = self.ids[k]
-        image = read_image(self.layout.image_path(SPLIT, image_id))
-        path = self.layout.label_path(SPLIT, image_id)
-        label = torch.from_numpy(read_label(path).copy())
-        if tuple(label.shape) != tuple(image.shape[1:]):
-            raise IfssError(f"label file {path} is {label.shape[1]}x{label.shape[0]} but its "
-                            f"image is {image.shape[2]}x{image.shape[1]}; the pair does not "
-                            "match")
-        return resize_pad(image, label, self.size, self.frame)
+        image, label = read_pair(self.layout, SPLIT, self.ids[k])
+        return resize_pad(image, torch.from_numpy(label.copy()), self.size, self.frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +273,7 @@ def evaluate_episodic(model: nn.Module, layout: Layout, task: Task, cfg: RunConf
                         "torchrun")
     names = dict(names or {})
     image_classes, largest = read_kept_classes(layout, SPLIT, ev.min_class_pixels)
-    check_lists(class_lists(image_classes), fold, cfg.nshot, ev.min_class_pixels, SPLIT,
+    check_lists(images_per_class(image_classes), fold, cfg.nshot, ev.min_class_pixels, SPLIT,
                 [names.get(c, "") for c in range(max(fold.base + fold.novel) + 1)])
     per_run_episodes = [sample_episodes(image_classes, fold, cfg.nshot, ev.episodes,
                                         ev.seed + r) for r in range(ev.runs)]
@@ -311,8 +306,9 @@ def evaluate_episodic(model: nn.Module, layout: Layout, task: Task, cfg: RunConf
         per_run.append(record)
         log.info("episodic run %d/%d (seed %d, %s head, %d-shot): novel mIoU %s, FB-IoU %s, "
                  "base mIoU %s (%d episodes, %.1f episodes/s)", r + 1, ev.runs, ev.seed + r,
-                 ev.head, cfg.nshot, _pct(record["miou_novel"]), _pct(record["fb_iou"]),
-                 _pct(record["miou_base"]), len(episodes), record["episodes_per_s"])
+                 ev.head, cfg.nshot, percent_text(record["miou_novel"]),
+                 percent_text(record["fb_iou"]), percent_text(record["miou_base"]),
+                 len(episodes), record["episodes_per_s"])
     summary = {key: _mean([r[key] for r in per_run])
                for key in ("miou_novel", "miou_base", "fb_iou")}
     keys = ("miou_novel", "fb_iou") + (("miou_base",) if ev.head == "generalized" else ())
@@ -337,6 +333,3 @@ def _no_nan(value):
         return None
     return value
 
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"

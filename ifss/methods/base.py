@@ -100,8 +100,14 @@ class Method:
             {"name": "body", "params": groups["body"], "lr_mult": 1.0},
             {"name": "head", "params": groups["head"], "lr_mult": train.lr_head},
             {"name": "classifier", "params": groups["classifier"], "lr_mult": train.lr_cls},
-        ] + [{"name": name, "params": list(module.parameters()), "lr_mult": 1.0}
+        ] + [{"name": name, "params": list(module.parameters()),
+              "lr_mult": self.module_lr_mult(name, train)}
              for name, module in self._modules.items()]
+
+    def module_lr_mult(self, name: str, train: TrainConfig) -> float:
+        """The lr multiplier of the owned module `name` (WILSON's localizer and the GFSS
+        projection head have their own learning rate)."""
+        return 1.0
 
     def train_mode(self, model: nn.Module) -> None:
         """Which parts train and which stay in eval mode, set before the first iteration."""

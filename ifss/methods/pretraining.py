@@ -19,23 +19,14 @@ Terms: "ce", and "contrast" (already weighted) when contrast_weight > 0. The reg
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ifss.config import RunConfig
 from ifss.errors import IfssError
-from ifss.losses import IGNORE
+from ifss.losses import segmentation_ce
 from ifss.methods.base import Method
 from ifss.methods.params import PretrainParams
 from ifss.pixel_contrast import ProjectionHead, pixel_contrast
-
-
-def smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Label-smoothed cross-entropy averaged over the non-void pixels (zero if there are none);
-    the smoothing term of void pixels is dropped with them (torch's ignore_index)."""
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum",
-                            label_smoothing=smoothing)
-    return total / (labels != IGNORE).sum().clamp_min(1)
 
 
 class Pretraining(Method):
@@ -59,16 +50,12 @@ class Pretraining(Method):
         self.projection = ProjectionHead(model.classifier.in_channels, self.params.projection_dim)
         return {"projection": self.projection}
 
-    def param_groups(self, model: nn.Module, train) -> list[dict]:
-        groups = super().param_groups(model, train)
-        for group in groups:
-            if group["name"] == "projection":
-                group["lr_mult"] = self.params.projection_lr_mult
-        return groups
+    def module_lr_mult(self, name: str, train) -> float:
+        return self.params.projection_lr_mult
 
     def loss(self, batch: dict, out: dict, old_out: dict | None) -> dict[str, torch.Tensor]:
         p = self.params
-        terms = {"ce": smoothed_ce(out["logits"], batch["label"], p.label_smoothing)}
+        terms = {"ce": segmentation_ce(out["logits"], batch["label"], p.label_smoothing)}
         if self.projection is not None:
             embeddings = self.projection(out["features"])
             terms["contrast"] = p.contrast_weight * pixel_contrast(

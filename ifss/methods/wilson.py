@@ -92,12 +92,8 @@ class WILSON(Method):
         step's is not loaded (its resume state is, by the engine)."""
         return set()
 
-    def param_groups(self, model: nn.Module, train) -> list[dict]:
-        groups = super().param_groups(model, train)
-        for group in groups:
-            if group["name"] == "localizer":
-                group["lr_mult"] = self.params.localizer_lr / train.lr
-        return groups
+    def module_lr_mult(self, name: str, train) -> float:
+        return self.params.localizer_lr / train.lr  # the localizer's own, absolute lr
 
     def prepare(self, model: nn.Module, old_model: nn.Module | None, data: StepData) -> None:
         super().prepare(model, old_model, data)

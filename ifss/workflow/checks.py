@@ -194,10 +194,10 @@ def check_keys_of_kind(spec: dict, where: str, keys, kind: str) -> None:
 def check_tables(cfg: dict) -> None:
     for name, table in cfg["tables"].items():
         where = f"tables.{name}"
-        for task in table["tasks"]:
-            check_task_of(cfg, table["dataset"], task, f"{where}.tasks")
+        steps = {task: check_task_of(cfg, table["dataset"], task, f"{where}.tasks")
+                 for task in table["tasks"]}
         if table["kind"] == "episodic":
-            check_episodic_table(cfg, table, where)
+            check_episodic_table(cfg, table, where, steps)
             continue
         if table["kind"] == "continual":
             check_keys_of_kind(table, where, ("shots", "ishots"), "continual table (every "
@@ -228,13 +228,13 @@ def check_tables(cfg: dict) -> None:
                                 f"{where}.methods ({', '.join(table['methods'])})")
 
 
-def check_episodic_table(cfg: dict, table: dict, where: str) -> None:
+def check_episodic_table(cfg: dict, table: dict, where: str, steps: dict[str, int]) -> None:
     """Folds of one incremental step, rows whose backbone is a step-0 method (their runs are the
     table's `methods`, filled in here), a binary head without gamma, delta naming a row."""
     check_keys_of_kind(table, where, ("methods", "ishots", "protocols", "extra_tests"),
                        "episodic table (rows are `rows`, evaluations of step-0 runs)")
-    for task in table["tasks"]:
-        if check_task_of(cfg, table["dataset"], task, f"{where}.tasks") != 2:
+    for task, count in steps.items():
+        if count != 2:
             raise IfssError(f"{where}.tasks: {task!r} is not a fold (base classes and one step "
                             "of novel classes); use the dataset's 5-i / 20-i tasks")
     for row, spec in table["rows"].items():
