@@ -11,6 +11,7 @@
 #   snakemake ... results/runs/voc/5-0/PIFS/s1-i0/step1/metrics.json       # one run
 #   snakemake ... results/runs/voc/15-1/overlap/MIB/step5/metrics.json     # one continual run
 #   snakemake ... results/runs/voc/5-0/episodic/PSP/s1/generalized-g10/metrics.json  # GFSS
+#   snakemake ... results/runs/ade/ws1/weakshot/SimFormer-RT/step1/metrics.json  # weak-shot
 #
 # The default config (beside this file) is read only when no --configfile is given, so a paper
 # config is never mixed with the demo's matrix (several --configfile files merge with each other).
@@ -43,6 +44,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/weights.smk"
 include: "rules/train.smk"
+include: "rules/weakshot.smk"
 include: "rules/episodic.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"

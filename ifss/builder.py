@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ifss.config import RunConfig, from_dict, merge
+from ifss.config import PROTOCOLS, RunConfig, from_dict, merge
+from ifss.data.incremental import check_weakshot_step
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
-from ifss.methods.registry import MethodInfo, get_method_class, method_info, method_params
+from ifss.methods.registry import (MethodInfo, get_method_class, method_info, method_params,
+                                   weakshot_methods)
 from ifss.models import build_model
 from ifss.tasks import Task, get_task
 
@@ -47,7 +49,9 @@ class ResolvedRun:
 
 def resolve(cfg: RunConfig, training: bool = True) -> ResolvedRun:
     """Validate names and fill in the method's hyper-parameters explicitly; `training` also
-    checks that the run has the model it starts from."""
+    checks that the run has the model it starts from, and that a weak-shot method and the
+    weak-shot protocol go together (step 1 of a two-step task, from ImageNet weights: no
+    previous model)."""
     task = get_task(cfg.dataset, cfg.task)
     task.check_step(cfg.step)
     info = method_info(cfg.method)
@@ -55,6 +59,8 @@ def resolve(cfg: RunConfig, training: bool = True) -> ResolvedRun:
     cfg = dataclasses.replace(cfg.resolved(), params=dataclasses.asdict(params))
     run = ResolvedRun(cfg, task, info, get_method_class(cfg.method), params)
     if not training:
+        return run
+    if check_weakshot(cfg, task, info):
         return run
     if cfg.step == 0 and not info.step0:
         raise IfssError(
@@ -68,6 +74,32 @@ def resolve(cfg: RunConfig, training: bool = True) -> ResolvedRun:
         raise IfssError(f"step 0 of {info.name} starts from the step-0 model of {info.step0_from}: "
                         "set previous=PATH/model.pt")
     return run
+
+
+def check_weakshot(cfg: RunConfig, task: Task, info: MethodInfo) -> bool:
+    """Whether `cfg` is a weak-shot run, refused unless it is a complete one: a weak-shot method
+    under data.protocol=weakshot (and no other method or protocol), step 1 of a two-step task,
+    no previous model (it starts from ImageNet weights, model.pretrained)."""
+    weak = cfg.data.protocol == "weakshot"
+    if info.weakshot and not weak:
+        others = [p for p in PROTOCOLS if p != "weakshot"]
+        raise IfssError(
+            f"method {info.name} is a weak-shot method and trains under data.protocol=weakshot "
+            f"only, not {cfg.data.protocol}; set data.protocol=weakshot (the protocols "
+            f"{', '.join(others)} take the other methods)")
+    if weak and not info.weakshot:
+        raise IfssError(
+            f"data.protocol=weakshot trains a weak-shot method ({', '.join(weakshot_methods())}), "
+            f"and {info.name} is not one; set method={weakshot_methods()[0]} or choose another "
+            "data.protocol")
+    if not weak:
+        return False
+    check_weakshot_step(task, cfg.step)
+    if cfg.previous:
+        raise IfssError(
+            f"a weak-shot run starts from ImageNet weights (model.pretrained), not from a previous "
+            f"model, but previous={cfg.previous}; leave previous empty and set model.pretrained")
+    return True
 
 
 def load_failure(err: BaseException, path: str | Path | None = None) -> str:
@@ -156,7 +188,9 @@ def check_base(ckpt: dict, path, cfg: RunConfig, info: MethodInfo) -> None:
 
 def build_step_models(run: ResolvedRun, runtime: Runtime):
     """The model of this step with the previous step's weights loaded, the frozen previous model
-    when the method asks for one, and the previous checkpoint (None at a fresh step 0)."""
+    when the method asks for one, and the previous checkpoint (None at a fresh step 0 and at a
+    weak-shot step 1, which start from the model's own initialisation, ImageNet weights when
+    model.pretrained is set)."""
     cfg = run.cfg
     previous_step = max(cfg.step - 1, 0)
     ckpt = load_checkpoint(cfg.previous) if cfg.previous else None
@@ -227,16 +261,25 @@ def made_for(cfg: RunConfig) -> dict:
             flat[key] = value
     flat = {k: v for k, v in flat.items() if not k.startswith(RESUME_FREE_KEYS)}
     flat["previous"] = _file_identity(cfg.previous) if cfg.previous else ""
+    if cfg.data.train_labels:  # a regenerated pseudo-label folder has another manifest
+        flat["data.train_labels"] = _file_identity(
+            str(Path(cfg.data.train_labels) / "manifest.json"))
     return json.loads(json.dumps(flat, sort_keys=True))  # tuples -> lists, as stored
 
 
 def _file_identity(path: str) -> str:
     path = Path(path)
     try:
-        stat = path.stat()
+        return "sha256:" + file_sha256(path)
     except OSError:
         return f"missing:{path}"
-    return "sha256:" + _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, cached while its size and mtime stay."""
+    path = Path(path)
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)

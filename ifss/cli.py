@@ -1,5 +1,5 @@
-"""`ifss train|eval|synth|splits|download|convert-coco|coco-voc|weights|bench`: parse, call,
-report errors."""
+"""`ifss train|eval|pseudo-labels|synth|splits|download|convert-coco|coco-voc|weights|bench`:
+parse, call, report errors."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,13 @@ def _eval(args) -> None:
 
     out = args.out or Path(args.checkpoint).parent / "eval"
     eval_run(args.checkpoint, parse_overrides(args.set or []), out)
+
+
+def _pseudo_labels(args) -> None:
+    from ifss.config import parse_overrides
+    from ifss.simformer.pseudo_labels import generate_pseudo_labels
+
+    generate_pseudo_labels(args.model, args.out, parse_overrides(args.set or []))
 
 
 def _synth(args) -> None:
@@ -103,6 +110,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", metavar="KEY=VALUE")
     e.add_argument("--out", help="directory for metrics.json (default: beside the checkpoint)")
     e.set_defaults(func=_eval)
+
+    q = sub.add_parser("pseudo-labels", help="SimFormer's pseudo labels: a weak-shot model labels "
+                       "the novel pixels of its training images (use the folder as "
+                       "data.train_labels for retraining)")
+    q.add_argument("--model", required=True, help="model.pt of a weak-shot run")
+    q.add_argument("--out", required=True, help="folder for <image id>.png and manifest.json "
+                   "(replaced only once the new one is complete)")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the run's saved config (data.root, train.device, "
+                   "eval.batch_size, ...)")
+    q.set_defaults(func=_pseudo_labels)
 
     s = sub.add_parser("synth", help="generate the synthetic benchmark (VOC layout)")
     s.add_argument("--out", required=True)

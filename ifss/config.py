@@ -27,15 +27,17 @@ SCHEDULES = ("poly", "cosine", "constant_poly", "warmup_poly", "constant")
 WARMUP_SCHEDULES = ("constant_poly", "warmup_poly")
 # The names the model builders accept (ifss.models keeps the builders; tests hold the two equal),
 # here so that a run config is checked without importing torch.
-ARCHITECTURE_NAMES = ("deeplabv3", "pspnet")
+ARCHITECTURE_NAMES = ("deeplabv3", "pspnet", "maskformer")
 BACKBONE_NAMES = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101")
 NORM_NAMES = ("bn", "iabn", "brn")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "identity")
 OUTPUT_STRIDES = (8, 16)
 # How a step's training images are chosen and labelled (ifss.data.incremental): `fewshot` (nshot
 # images per new class; test ignores unseen classes) or the continual-learning protocols of MiB /
-# SDR (every image with a new class; test counts unseen classes as background).
-PROTOCOLS = ("fewshot", "disjoint", "overlap", "sequential")
+# SDR (every image with a new class; test counts unseen classes as background), or `weakshot`
+# (SimFormer: step 1 of a two-step task trained from ImageNet weights on every train image, base
+# classes with pixel labels, novel classes with image-level labels only, their pixels void).
+PROTOCOLS = ("fewshot", "disjoint", "overlap", "sequential", "weakshot")
 SEED_LIMIT = 2**32  # numpy's seeds are 0 .. 2**32 - 1
 
 
@@ -71,6 +73,10 @@ def check_data_config(data: "DataConfig") -> None:
     _check_finite(data, "data.")
     if data.protocol not in PROTOCOLS:
         raise unknown("protocol", data.protocol, PROTOCOLS, "in data.protocol")
+    _check(not data.train_labels or data.protocol == "weakshot",
+           f"data.train_labels={data.train_labels!r} replaces the train labels of a weak-shot "
+           f"run only (SimFormer's retraining), not under data.protocol={data.protocol!r}; set "
+           "data.protocol=weakshot or leave data.train_labels empty")
     _check_min(data, "data.", "batch_size", 1, "set the number of images per training batch")
     _check_min(data, "data.", "crop_size", 1, "set the side of the training crop in pixels")
     check_stride(data.fewshot_stride)
@@ -93,9 +99,10 @@ def check_model_config(model: "ModelConfig") -> None:
         value = getattr(model, key)
         _check(value in valid,
                f"model.{key}={value!r} is not known; valid values: {', '.join(valid)}")
-    _check(model.output_stride in OUTPUT_STRIDES,
-           f"model.output_stride={model.output_stride!r} is not supported; valid values: "
-           f"{', '.join(map(str, OUTPUT_STRIDES))}")
+    strides = OUTPUT_STRIDES + ((32,) if model.arch == "maskformer" else ())
+    _check(model.output_stride in strides,
+           f"model.output_stride={model.output_stride!r} is not supported for model.arch="
+           f"{model.arch}; valid values: {', '.join(map(str, strides))}")
     _check_min(model, "model.", "head_channels", 1, "set the head's width, such as 256")
     _check_min(model, "model.", "pooling_size", 0,
                "use 0 for crop_size // output_stride, or a positive pooling window")
@@ -106,12 +113,25 @@ def check_model_config(model: "ModelConfig") -> None:
            "[1, 2, 3, 6]")
     _check(0 <= model.dropout < 1,
            f"model.dropout={model.dropout} must be in [0, 1); use 0 for no dropout")
+    for key, fix in (("num_queries", "set the mask-transformer's queries, such as 100"),
+                     ("decoder_layers", "set the transformer decoder's layers, such as 6"),
+                     ("attention_heads", "set the attention heads, such as 8"),
+                     ("ffn_channels", "set the decoder's feed-forward width, such as 2048")):
+        _check_min(model, "model.", key, 1, fix)
+    if model.arch == "maskformer":
+        _check(model.head_channels % 32 == 0 and model.head_channels % model.attention_heads == 0,
+               f"model.head_channels={model.head_channels} must be a multiple of 32 (GroupNorm "
+               f"groups) and of model.attention_heads={model.attention_heads} for maskformer; "
+               "use 256 (or 64 for the tiny synthetic model)")
 
 
 @dataclass
 class DataConfig:
     root: str = "data/synthetic"  # dataset root (VOC devkit layout, converted COCO layout)
-    protocol: str = "fewshot"  # fewshot | disjoint | overlap | sequential (PROTOCOLS above)
+    protocol: str = "fewshot"  # fewshot | disjoint | overlap | sequential | weakshot (PROTOCOLS)
+    # weakshot only: a pseudo-label folder (`ifss pseudo-labels`) whose labels replace the train
+    # split's, every class kept (SimFormer's retraining); '' = the dataset's own labels
+    train_labels: str = ""
     class_index: str = ""  # JSON from `ifss splits` ('' = cached beside the data)
     fewshot_lists: str = ""  # optional TSV of per-class image ids (PIFS exact protocol)
     fewshot_stride: int = 20  # split `ishot` takes images [ishot*stride, ishot*stride+nshot)
@@ -129,16 +149,22 @@ class DataConfig:
 class ModelConfig:
     arch: str = "deeplabv3"  # deeplabv3 (ASPP head) | pspnet (pyramid pooling head)
     backbone: str = "resnet_tiny"  # resnet_tiny | resnet18 | resnet34 | resnet50 | resnet101
-    output_stride: int = 8  # 16 or 8 (the papers: 16; 8 keeps 64 px synthetic objects visible)
+    output_stride: int = 8  # 16 or 8 (the papers: 16; 8 keeps 64 px synthetic objects visible);
+    # maskformer also 32, its undilated body (SimFormer's)
     dilate_first_block: bool = False  # True: the InPlace-ABN/PIFS ResNets' dilation rule
     norm: str = "bn"  # bn | iabn (needs inplace-abn) | brn (batch renorm)
     activation: str = "relu"  # relu | leaky_relu (InPlace-ABN checkpoints use leaky_relu 0.01)
     head_channels: int = 64  # ASPP width (256 in the papers); PSPNet's bottleneck (512)
     psp_bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PSPNet pyramid bins
-    dropout: float = 0.1  # PSPNet: dropout before the classifier
+    dropout: float = 0.1  # PSPNet: dropout before the classifier; maskformer: the transformer's
     pooling: bool = True  # ASPP image-pooling branch
     pooling_size: int = 0  # test-time pooling window; 0 = crop_size // output_stride
     pretrained: str = ""  # ImageNet weights file for the body ('' = random init)
+    # maskformer only (body at output stride 32; head_channels = the decoder's width, 256)
+    num_queries: int = 100
+    decoder_layers: int = 6
+    attention_heads: int = 8
+    ffn_channels: int = 2048
 
     def __post_init__(self):
         check_model_config(self)
@@ -300,7 +326,7 @@ class RunConfig:
     method: str = "FT"
     label: str = ""  # this run's row in tables: a configured variant's name ("" = the method)
     seed: int = 42
-    previous: str = ""  # model.pt of step - 1 (required for step > 0)
+    previous: str = ""  # model.pt of step - 1 (required for step > 0, except weak-shot step 1)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

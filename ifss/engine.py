@@ -83,8 +83,7 @@ def total_iterations(cfg: RunConfig, batches: ResumableBatches) -> int:
 def main_phase(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig,
                runtime: Runtime) -> Phase:
     """The method's own training: its loss on the step's batches, with its hooks."""
-    batches = ResumableBatches(len(dataset), cfg.data.batch_size, cfg.seed, runtime.rank,
-                               runtime.world)
+    batches = method.batch_source(dataset, cfg, runtime)
     total = total_iterations(cfg, batches) if method.trains else 0
     if not method.trains and cfg.train.iterations > 0:
         log.info("%s takes no gradient step; train.iterations=%d is not used", cfg.method,
@@ -360,9 +359,10 @@ def _restore(state, model, method, optimizer, scheduler, scaler, phase, runtime)
 @torch.no_grad()
 def evaluate_dense(
     model: nn.Module, dataset: SegmentationSet, num_base: int, runtime: Runtime,
-    batch_size: int, workers: int = 0,
-) -> dict:
-    """Per-class IoU and base / novel / all / HM over the test set (sharded over ranks)."""
+    batch_size: int, workers: int = 0, return_matrix: bool = False,
+) -> dict | tuple[dict, torch.Tensor]:
+    """Per-class IoU and base / novel / all / HM over the test set (sharded over ranks);
+    `return_matrix`: (that, the confusion matrix summed over ranks)."""
     model.eval()
     indices = list(range(runtime.rank, len(dataset), runtime.world))
     loader = DataLoader(
@@ -376,4 +376,5 @@ def evaluate_dense(
             logits = model(batch["image"])["logits"]
         matrix.update(logits.argmax(1), batch["label"])
     matrix.all_reduce()
-    return summarize(matrix.mat, num_base)
+    summary = summarize(matrix.mat, num_base)
+    return (summary, matrix.mat) if return_matrix else summary

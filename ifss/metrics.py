@@ -7,6 +7,7 @@ background included (as in PIFS); novel classes are all classes added after step
 
 `weakshot_summary` gives SimFormer's weak-shot numbers (mIoU, fwIoU, mACC, pACC, base / novel
 IoU and ACC) over given base and novel classes; pixels whose ground truth is neither are ignored.
+`weakshot_classes` says which classes those are for a weak-shot run (metrics.json's "weakshot").
 """
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from typing import Sequence
 import torch
 
 IGNORE = 255
+# Label spaces whose background 0 SimFormer's weak-shot numbers do not count: COCO-Stuff-10K's
+# label files never hold 0 (its stuff classes cover what is not a thing; ifss's class 0 is only
+# the place every task keeps for background), and ADE20K's 0 ("other") is void in SimFormer's
+# data (MaskFormer's preparation) although ifss keeps it as background. Every other label space
+# (VOC, the synthetic benchmark) has a real background class, counted among the base classes.
+# A fact about the datasets: it belongs in their records (ifss.data.records) once they say it.
+WEAKSHOT_NO_BACKGROUND = frozenset({"cocostuff10k", "ade"})
 
 
 class ConfusionMatrix:
@@ -77,6 +85,15 @@ def accuracy_per_class(mat: torch.Tensor) -> list[float | None]:
     """Per class, the share of its ground-truth pixels predicted as it (None: no such pixel)."""
     mat = mat.double().cpu()
     return [None if g == 0 else float(t / g) for t, g in zip(mat.diag(), mat.sum(1))]
+
+
+def weakshot_classes(task) -> tuple[list[int], list[int]]:
+    """(base, novel) class positions of step 1 of weak-shot `task` (an ifss.tasks.Task) for
+    `weakshot_summary`: base = the step-0 positions, background 0 left out for the label spaces
+    of WEAKSHOT_NO_BACKGROUND (COCO-Stuff-10K, ADE20K: SimFormer's convention) and kept for the
+    others (the synthetic benchmark, VOC); novel = the step-1 positions."""
+    first = 1 if task.label_space in WEAKSHOT_NO_BACKGROUND else 0
+    return list(range(first, task.num_base)), list(range(task.num_base, len(task.order(1))))
 
 
 def weakshot_summary(mat: torch.Tensor, base: Sequence[int], novel: Sequence[int]) -> dict:

@@ -8,6 +8,7 @@ a finished run exactly as it was.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ifss.data.layout import layout_for
 from ifss.distributed import Runtime, setup, teardown
 from ifss.errors import IfssError
 from ifss.models import convert_sync_norm
-from ifss.metrics import percent_text
+from ifss.metrics import percent_text, weakshot_classes, weakshot_summary
 from ifss.tasks import Task
 
 log = logging.getLogger("ifss")
@@ -181,18 +182,29 @@ def save_model(path: Path, model, run: ResolvedRun, method) -> None:
 
 def evaluate(model, data, cfg: RunConfig, runtime: Runtime) -> tuple[dict, dict]:
     """Dense mIoU (base / novel / all / HM) on the step's test set, and split -> the same on each
-    of the dataset's extra test splits."""
+    of the dataset's extra test splits. A weak-shot run's summaries also hold "weakshot":
+    SimFormer's numbers (`ifss.metrics.weakshot_summary` over `weakshot_classes`)."""
+    weakshot = cfg.data.protocol == "weakshot"
+
     def on(dataset):
-        return engine.evaluate_dense(model, dataset, data.task.num_base, runtime,
-                                     cfg.eval.batch_size, cfg.data.workers)
+        summary, matrix = engine.evaluate_dense(model, dataset, data.task.num_base, runtime,
+                                                cfg.eval.batch_size, cfg.data.workers,
+                                                return_matrix=True)
+        if weakshot:
+            summary["weakshot"] = weakshot_summary(matrix, *weakshot_classes(data.task))
+        return summary
 
     return on(data.test), {split: on(dataset) for split, dataset in data.extra_tests.items()}
 
 
 def log_summaries(summary: dict, tests: dict) -> None:
-    log.info("mIoU base %s novel %s all %s HM %s", *_pcts(summary))
-    for split, extra in tests.items():
-        log.info("%s: mIoU base %s novel %s all %s HM %s", split, *_pcts(extra))
+    for split, found in {"": summary, **tests}.items():
+        where = f"{split}: " if split else ""
+        log.info("%smIoU base %s novel %s all %s HM %s", where, *_pcts(found))
+        if "weakshot" in found:
+            log.info("%sweak-shot: mIoU base %s novel %s all %s HM %s, fwIoU %s, mACC %s, "
+                     "pACC %s", where, *_pcts(found["weakshot"], (
+                         "miou_base", "miou_novel", "miou_all", "hm", "fwiou", "macc", "pacc")))
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path) -> dict:
@@ -278,7 +290,10 @@ def eval_run(checkpoint: str | Path, overrides: dict, out_dir: str | Path) -> di
     try:
         started = time.time()
         ensure_dataset(cfg)
-        data = build_step_data(cfg, run.task)
+        # the test sets only: a retrained weak-shot model's pseudo-label folder need not be there
+        data = build_step_data(
+            dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_labels="")),
+            run.task)
         model.to(runtime.device)
         summary, tests = evaluate(model, data, cfg, runtime)
         record = metrics_record(run, summary, {

@@ -56,6 +56,8 @@ CONTINUAL_STEP0_DIR = paths.continual_step0_dir("{dataset}", "{task}", "{protoco
 CONTINUAL_STEP_DIR = paths.continual_step_dir(
     "{dataset}", "{task}", "{protocol}", "{method}", "{step}"
 )
+WEAKSHOT_DIR = paths.weakshot_dir("{dataset}", "{task}", "{method}", "{step}")
+PSEUDO_DIR = paths.pseudo_dir("{dataset}", "{task}", "{method}")
 EPISODIC_DIR = paths.episodic_dir("{dataset}", "{task}", "{backbone}", "{nshot}", "{head}")
 TABLE_FILES = paths.table_files("{table}")
 FIGURE_FILES = paths.figure_files("{figure}")
@@ -146,6 +148,29 @@ def step_inputs(w):
 @ifss_errors
 def step_sets(w):
     return MATRIX.step_sets(w.dataset, w.task, w.method, w.nshot, w.ishot, w.step)
+
+
+@ifss_errors
+def weakshot_inputs(w):
+    inputs = MATRIX.weakshot_inputs(w.dataset, w.task, w.method, w.step)
+    if "weights" in inputs:
+        inputs["weights"] = ancient(inputs["weights"])
+    return inputs
+
+
+@ifss_errors
+def weakshot_sets(w):
+    return MATRIX.weakshot_sets(w.dataset, w.task, w.method, w.step)
+
+
+@ifss_errors
+def pseudo_inputs(w):
+    return MATRIX.pseudo_inputs(w.dataset, w.task, w.method)
+
+
+@ifss_errors
+def pseudo_sets(w):
+    return MATRIX.pseudo_sets(w.dataset, w.task, w.method)
 
 
 @ifss_errors

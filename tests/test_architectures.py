@@ -28,7 +28,7 @@ def _key_fingerprint(model: torch.nn.Module) -> str:
 
 
 def test_registry_names():
-    assert set(ARCHITECTURES) == {"deeplabv3", "pspnet"}
+    assert set(ARCHITECTURES) == {"deeplabv3", "pspnet", "maskformer"}
     assert ModelConfig().arch == "deeplabv3"
 
 
@@ -64,7 +64,7 @@ def test_unknown_arch_names_the_option():
     with pytest.raises(IfssError) as err:
         build_model(ModelConfig(arch="psp"), [2])
     assert str(err.value) == ("unknown architecture 'psp' in model.arch (did you mean pspnet?); "
-                              "valid architectures: deeplabv3, pspnet")
+                              "valid architectures: deeplabv3, pspnet, maskformer")
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -141,3 +143,63 @@ def test_sine_position_encoding():
     want = [math.sin(y), math.cos(y), math.sin(y / 100), math.cos(y / 100),
             math.sin(x), math.cos(x), math.sin(x / 100), math.cos(x / 100)]
     assert torch.allclose(pos[1 * 4 + 2], torch.tensor(want), atol=1e-6)
+
+
+# -- model.arch=maskformer through build_model --------------------------------------------------
+
+def _arch_cfg(**kw):
+    from ifss.config import ModelConfig
+
+    tiny = dict(arch="maskformer", head_channels=32, num_queries=8, decoder_layers=2,
+                attention_heads=4, ffn_channels=64, dropout=0.0)
+    return ModelConfig(**{**tiny, **kw})
+
+
+def test_build_model_by_name():
+    from ifss.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_arch_cfg(), [16, 5])
+    assert isinstance(model, MaskFormer) and model.num_classes == 21
+    assert model.body.output_stride == 8  # model.output_stride's default: a dilated body
+    plain = build_model(dataclasses.replace(_arch_cfg(), output_stride=32), [16, 5])
+    assert plain.body.output_stride == 32  # MaskFormer's own, undilated
+    assert plain.body.layer4[0].downsample[0].stride == (2, 2)
+    assert model.head.query_embed.weight.shape == (8, 32)
+    assert len(model.head.layers) == 2 and model.head.layers[0].self_attn.num_heads == 4
+    assert model.head.layers[0].ffn[0].out_features == 64
+    assert model.head.pixel_decoder.mask_features.out_channels == 32
+    assert model.classifier.out_features == 22  # + no object
+    names = {name.split(".")[0] for name in model.state_dict()}
+    assert names == {"body", "head", "classifier"}
+    out = model(_image())
+    assert out["pred_logits"].shape == (2, 8, 22) and out["pred_masks"].shape == (2, 8, 16, 16)
+    assert out["logits"].shape == (2, 21, 64, 64) and out["features"].shape == (2, 32, 16, 16)
+    assert model(_image(), upsample=False)["logits"].shape == (2, 21, 16, 16)
+
+
+def test_build_model_takes_dropout_and_imagenet_weights(tmp_path):
+    import torchvision
+
+    from ifss.models import build_model
+
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18-test.pth"
+    torch.save(tv, path)
+    model = build_model(_arch_cfg(backbone="resnet18", pretrained=str(path), dropout=0.2), [3])
+    assert torch.equal(model.body.layer4[1].conv2.weight, tv["layer4.1.conv2.weight"])
+    assert model.head.layers[0].dropouts[0].p == 0.2
+    assert model.head.layers[0].self_attn.dropout == 0.2
+
+
+def test_maskformer_refuses_incremental_use():
+    from ifss.errors import IfssError
+    from ifss.models import build_model
+
+    with pytest.raises(IfssError, match="own linear class head.*'cosine'"):
+        build_model(_arch_cfg(), [3], classifier="cosine")
+    model = build_model(_arch_cfg(), [3, 2])
+    with pytest.raises(IfssError, match="loads no previous step.*prev/model.pt.*previous"):
+        model.load_previous_step(model.state_dict(), "prev/model.pt")
+    with pytest.raises(IfssError, match="not incremental"):
+        model.add_classifier_step(2)

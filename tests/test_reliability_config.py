@@ -68,8 +68,8 @@ CLI_CASES = [
                            r"scale_max"),
     (["data.workers=-1"], r"^data\.workers=-1 must be >= 0; use 0"),
     (["data.fewshot_stride=0"], r"^data\.fewshot_stride=0 must be >= 1"),
-    (["model.output_stride=32"], r"^model\.output_stride=32 is not supported; valid values: 8, "
-                                 r"16$"),
+    (["model.output_stride=32"], r"^model\.output_stride=32 is not supported for model\.arch="
+                                 r"deeplabv3; valid values: 8, 16$"),
     (["model.dropout=1"], r"^model\.dropout=1\.0 must be in \[0, 1\); use 0 for no dropout"),
     (["model.head_channels=0"], r"^model\.head_channels=0 must be >= 1"),
     (["model.psp_bins=[1, 0]"], r"^model\.psp_bins=\[1, 0\] must be a non-empty list of positive"),

@@ -1,10 +1,14 @@
 """SimFormer's weak-shot data: the COCO-Stuff-10K record and reader (on a tiny release written with
-scipy.io.savemat), and the weak-shot splits of COCO-Stuff-10K and ADE20K."""
+scipy.io.savemat), the weak-shot splits of COCO-Stuff-10K and ADE20K, and the weak-shot protocol
+(data.protocol weakshot): its images and labels, novel pixels never in a batch, the run config
+checks, and pseudo-label folders as training labels (data.train_labels)."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -12,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
+from ifss import builder
 from ifss.cli import parser
+from ifss.config import build_config
+from ifss.data import incremental
+from ifss.data.build import build_step_data
 from ifss.data.cocostuff10k import COCOSTUFF_TO_IFSS, cocostuff_label, prepare_cocostuff10k
 from ifss.data.index import build_image_classes
 from ifss.data.layout import layout_for
@@ -24,7 +33,11 @@ from ifss.data.records.ade import SIMFORMER_ADE_NOVEL
 from ifss.data.records.cocostuff10k import (
     COCOSTUFF10K_SOURCE_IDS, SIMFORMER_COCOSTUFF_RANDP, SIMFORMER_COCOSTUFF_RATIOS,
 )
+from ifss.data.segmentation import SegmentationSet, pad_collate
 from ifss.errors import IfssError
+from ifss.methods import registry
+from ifss.methods.base import Method
+from ifss.metrics import weakshot_classes
 from ifss.tasks import get_task
 
 # ------------------------------------------------------------------------------ the record
@@ -281,3 +294,259 @@ def test_ade_weakshot_splits():
     # did 0 is SimFormer's "wall", ifss's ADE id 1
     assert 1 in novels[2] and ADE_CLASSES[1] == "wall"
     assert get_task("ade", "ws1").num_base == 1 + 112
+
+
+# ------------------------------------------------------------------------------ the protocol
+# SimFormer's weak-shot step (data.protocol weakshot) on the synthetic benchmark's 15-5: base
+# classes 0..15 with pixel labels, novel classes 16..20 known from image-level labels only.
+
+WS_TASK = get_task("synthetic", "15-5")
+WS_NOVEL = tuple(range(16, 21))
+
+
+def ws_config(root, **extra):
+    base = {"data.root": root, "task": "15-5", "step": 1, "data.protocol": "weakshot",
+            "method": "WSPROBE", "data.crop_size": 32}
+    base.update(extra)
+    return build_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def ws_data(root, needs=("label", "image_labels"), **extra):
+    return build_step_data(ws_config(root, **extra), WS_TASK, needs=frozenset(needs))
+
+
+class WeakShotProbe(Method):
+    """A stand-in weak-shot method (the batches SimFormer asks for, the plain CE loss)."""
+
+    needs = frozenset({"label", "image_labels"})
+
+
+@pytest.fixture
+def ws_probe(monkeypatch):
+    monkeypatch.setitem(registry.METHODS, "WSPROBE", registry.MethodInfo(
+        "WSPROBE", "tests", "WeakShotProbe", "WSPROBE", "linear", weakshot=True))
+    real = builder.get_method_class
+    monkeypatch.setattr(builder, "get_method_class",
+                        lambda name: WeakShotProbe if name == "WSPROBE" else real(name))
+
+
+@pytest.fixture
+def ws_tree(synth_root, tmp_path):
+    root = tmp_path / "synthetic"
+    shutil.copytree(synth_root, root)
+    return root
+
+
+def _remap(values, lut):
+    return [int(v) for v in lut[np.array(values)]]
+
+
+def test_weakshot_luts_void_the_novel_pixels():
+    values = [0, 3, 15, 16, 20, 255]  # background, base, base, novel, novel, void
+    assert _remap(values, incremental.weakshot_lut(WS_TASK)) == [0, 3, 15, 255, 255, 255]
+    assert _remap(values, incremental.labelled_lut(WS_TASK)) == [0, 3, 15, 16, 20, 255]
+    # test: every class of order(1), void stays void (nothing is unseen)
+    assert _remap(values, incremental.test_lut(WS_TASK, 1, "weakshot")) == values
+    # COCO-Stuff-10K ws1: the novel ids sit inside the id range, base positions close the gaps
+    ws1 = get_task("cocostuff10k", "ws1")
+    lut = incremental.weakshot_lut(ws1)
+    novel, base = ws1.steps[1][0], ws1.steps[0][3]
+    assert lut[novel] == 255 and lut[base] == 4 and lut[255] == 255
+    assert incremental.labelled_lut(ws1)[novel] == ws1.order(1).index(novel)
+
+
+@pytest.mark.parametrize("classes, enters", [((0,), True), ((16,), True), ((3, 17), True),
+                                             ((255,), False), ((), False)])
+def test_weakshot_images_hold_a_class_of_the_task(classes, enters):
+    assert incremental.keeps_image_weakshot(classes, WS_TASK) is enters
+
+
+def test_weakshot_step_data(synth_root):
+    data = ws_data(synth_root)
+    layout = layout_for("synthetic", synth_root)
+    index = data.image_classes
+    want = [i for i, cs in index.items() if set(cs) - {255}]
+    assert [i for i, _ in data.train.samples] == want and len(want) == len(layout.ids("train"))
+    assert [i for i, _ in data.test.samples] == layout.ids("val")  # every val image
+    assert data.num_classes == 21
+    holding_novel = 0
+    for k, (image_id, _) in enumerate(data.train_plain.samples):
+        sample = data.train_plain[k]
+        raw = np.array(Image.open(layout.label_path("train", image_id)))
+        label = sample["label"].numpy()
+        novel_pixels = np.isin(raw, WS_NOVEL)
+        assert (label[novel_pixels] == 255).all()  # novel pixels become void
+        assert (label[~novel_pixels] == raw[~novel_pixels]).all()  # base and void stay
+        assert label[label != 255].max(initial=0) < 16
+        # the image labels hold the novel classes the pixels no longer show
+        want = torch.tensor([float(c in index[image_id]) for c in WS_TASK.order(1)])
+        assert torch.equal(sample["image_labels"], want)
+        holding_novel += bool(novel_pixels.any())
+    assert holding_novel > 50
+    # test labels keep every class
+    test = data.test[0]["label"].numpy()
+    raw = np.array(Image.open(layout.label_path("val", data.test.samples[0][0])))
+    assert (test == raw).all()
+
+
+def _scramble_novel_pixels(root, ids) -> int:
+    """Give every novel pixel of the listed train labels another novel class (each file's set
+    of novel classes may change; the data built before reads the files again)."""
+    layout = layout_for("synthetic", root)
+    rng = np.random.default_rng(1)
+    changed = 0
+    for image_id in ids:
+        path = layout.label_path("train", image_id)
+        with Image.open(path) as img:
+            palette, label = img.getpalette(), np.array(img)
+        novel = np.isin(label, WS_NOVEL)
+        if not novel.any():
+            continue
+        scrambled = label.copy()
+        scrambled[novel] = rng.choice(WS_NOVEL, size=int(novel.sum()))
+        out = Image.fromarray(scrambled)
+        if palette:
+            out.putpalette(palette)  # an L image with a palette becomes P, values kept
+        out.save(path)
+        changed += int(not np.array_equal(scrambled, label))
+    return changed
+
+
+def test_novel_pixels_never_reach_the_batches(ws_tree):
+    data = ws_data(ws_tree)
+    ids = [i for i, _ in data.train.samples]
+    keys = list(range(len(data.train)))
+
+    def batches():
+        train = pad_collate([data.train[(k, 7)] for k in keys])
+        plain = pad_collate([data.train_plain[k] for k in keys])
+        return train, plain
+
+    def labelled():  # the control: the same samples with every class kept
+        every = SegmentationSet(data.train.layout, "train",
+                                [(i, incremental.labelled_lut(WS_TASK)) for i in ids],
+                                data.train_plain.transform, WS_TASK.label_space, 21)
+        return torch.stack([every[k]["label"] for k in keys[:100]])
+
+    before, control = batches(), labelled()
+    assert _scramble_novel_pixels(ws_tree, ids) > 50
+    after = batches()
+    for old, new in zip(before, after):
+        assert old.keys() == new.keys() == {"image", "index", "label", "image_labels"}
+        assert all(torch.equal(old[k], new[k]) for k in old)
+    assert not torch.equal(control, labelled())
+
+
+def test_weakshot_classes_for_the_metrics():
+    assert weakshot_classes(WS_TASK) == (list(range(0, 16)), list(range(16, 21)))
+    ws1 = get_task("cocostuff10k", "ws1")  # no label file holds 0: background left out
+    assert weakshot_classes(ws1) == (list(range(1, 129)), list(range(129, 172)))
+    ade = get_task("ade", "ws1")  # SimFormer voids ADE's "other"
+    assert weakshot_classes(ade) == (list(range(1, 113)), list(range(113, 151)))
+
+
+# -- the run config ------------------------------------------------------------------------------
+
+
+def test_a_weakshot_run_needs_no_previous_model(ws_probe, synth_root):
+    run = builder.resolve(ws_config(synth_root))
+    assert run.cfg.step == 1 and not run.cfg.previous
+    model, old, ckpt = builder.build_step_models(run, None)
+    assert old is None and ckpt is None
+    assert model(torch.zeros(1, 3, 32, 32))["logits"].shape == (1, 21, 32, 32)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"method": "FT"}, r"data.protocol=weakshot trains a weak-shot method \(.*SimFormer.*\), and "
+                       r"FT is not one; set method="),
+    ({"data.protocol": "disjoint"}, r"method WSPROBE is a weak-shot method and trains under "
+                                    r"data.protocol=weakshot only, not disjoint"),
+    ({"previous": "step0/model.pt"}, r"starts from ImageNet weights \(model.pretrained\).*"
+                                     r"leave previous empty"),
+    ({"step": 0}, r"step 1 of a two-step task.*this is step 0 of task 15-5"),
+    ({"task": "10-5-5"}, r"this is step 1 of task 10-5-5, which has 3 step\(s\)"),
+])
+def test_weakshot_run_config_checks(ws_probe, synth_root, extra, message):
+    with pytest.raises(IfssError, match=message):
+        builder.resolve(ws_config(synth_root, **extra))
+
+
+def test_made_for_follows_the_pseudo_label_manifest(ws_probe, tmp_path):
+    folder = tmp_path / "pl"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    cfg = builder.resolve(ws_config(tmp_path, **{"data.train_labels": folder})).cfg
+    first = builder.made_for(cfg)
+    (folder / "manifest.json").write_text('{"created": "later"}')
+    assert builder.made_for(cfg)["data.train_labels"] != first["data.train_labels"]
+
+
+# -- data.train_labels: a pseudo-label folder ----------------------------------------------------
+
+
+def _pseudo_folder(root, folder, value=16, **manifest):
+    """A hand-made pseudo-label folder: every label pixel `value` (an original id)."""
+    data = ws_data(root)
+    layout = layout_for("synthetic", root)
+    ids = [i for i, _ in data.train.samples]
+    folder.mkdir()
+    for image_id in ids:
+        shape = np.array(Image.open(layout.label_path("train", image_id))).shape
+        Image.fromarray(np.full(shape, value, dtype=np.uint8)).save(folder / f"{image_id}.png")
+    record = {"format": 1, "dataset": "synthetic", "task": "15-5", "split": "train",
+              "images": ids, "classes": list(WS_TASK.order(1)), "novel": list(WS_NOVEL),
+              "model": "0" * 64, "method": "WSPROBE", "label": "WSPROBE", "created": "now"}
+    record.update(manifest)
+    (folder / "manifest.json").write_text(json.dumps(record))
+    return ids
+
+
+def test_train_labels_replace_the_dataset_labels(synth_root, tmp_path):
+    folder = tmp_path / "pl"
+    ids = _pseudo_folder(synth_root, folder, value=17)
+    data = ws_data(synth_root, **{"data.train_labels": folder})
+    assert [i for i, _ in data.train.samples] == ids  # the same images, the dataset's index
+    sample = data.train_plain[3]
+    assert (sample["label"] == WS_TASK.order(1).index(17)).all()  # novel labels kept
+    plain = ws_data(synth_root)
+    assert torch.equal(sample["image_labels"], plain.train_plain[3]["image_labels"])
+    assert torch.equal(data.test[0]["label"], plain.test[0]["label"])  # the test set is the same
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no folder", r"pseudo-label folder .*pl \(data.train_labels\) does not exist; rerun "
+                  r"`ifss pseudo-labels --model RUN/model.pt --out .*pl`"),
+    ("no manifest", r"has no manifest.json, so it is no finished `ifss pseudo-labels` output; "
+                    r"rerun `ifss pseudo-labels"),
+    ("bad manifest", r"manifest .*manifest.json cannot be read .*; rerun `ifss pseudo-labels"),
+    ("other task", r"holds labels of synthetic 10-10 train, not of synthetic 15-5 train; give "
+                   r"this task's folder, or rerun `ifss pseudo-labels"),
+    ("image missing", r"has no label for 1 of the 400 training images \(first: .*\); rerun "
+                      r"`ifss pseudo-labels"),
+    ("file missing", r"pseudo-label file .*\.png is missing although .*manifest.json lists it; "
+                     r"rerun `ifss pseudo-labels"),
+])
+def test_train_labels_folder_is_checked(synth_root, tmp_path, damage, message):
+    folder = tmp_path / "pl"
+    if damage != "no folder":
+        ids = _pseudo_folder(synth_root, folder, **({"task": "10-10"} if damage == "other task"
+                                                   else {}))
+        manifest = folder / "manifest.json"
+        if damage == "no manifest":
+            manifest.unlink()
+        elif damage == "bad manifest":
+            manifest.write_text("{not json")
+        elif damage == "image missing":
+            record = json.loads(manifest.read_text())
+            manifest.write_text(json.dumps({**record, "images": ids[:7] + ids[8:]}))
+        elif damage == "file missing":
+            (folder / f"{ids[-1]}.png").unlink()
+    with pytest.raises(IfssError, match=message):
+        ws_data(synth_root, **{"data.train_labels": folder})
+
+
+def test_simformer_is_checked_like_any_weakshot_method(synth_root):
+    pytest.importorskip("ifss.methods.simformer")  # written alongside this module
+    builder.resolve(ws_config(synth_root, method="SimFormer"))
+    with pytest.raises(IfssError, match="method SimFormer is a weak-shot method"):
+        builder.resolve(ws_config(synth_root, method="SimFormer", **{"data.protocol": "overlap"}))

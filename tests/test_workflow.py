@@ -177,13 +177,13 @@ def test_schema_fills_defaults(tmp_path):
 def test_default_config_builds_every_table_kind(tmp_path):
     """The demo: the whole registered few-shot family in one table (SS + MS, 2 shots), the MCLOS
     ablation tables of variants over 3 splits, the figures, the continual suite (15-5 disjoint
-    and overlap) with the per-step figure of 15-1, and WILSON beside FT and MiB; each run
-    planned once."""
+    and overlap) with the per-step figure of 15-1, WILSON beside FT and MiB, and SimFormer's
+    weak-shot ablation (four runs, one pseudo-label job); each run planned once."""
     from ifss.methods.registry import METHODS
 
     rc, out = snakemake(tmp_path, "-n", "--cores", "2")
     assert rc == 0, out[-2000:]
-    for rule in ("train_step0", "train_continual_step0", "train_continual"):
+    for rule in ("train_step0", "train_continual_step0", "train_continual", "train_weakshot"):
         jobs = re.findall(rf"rule {rule}:\n(?:    .*\n)+", out)
         assert jobs and not any("threads:" in job for job in jobs), rule  # 1: two at a time
     counts = job_counts(out)
@@ -197,13 +197,16 @@ def test_default_config_builds_every_table_kind(tmp_path):
     kinds = [f.get("kind", "comparison") for f in cfg["figures"].values()]
     assert counts["table"] == len(cfg["tables"]) and counts["figures"] == kinds.count("comparison")
     assert counts["figure_per_step"] == kinds.count("per_step") == 1
-    demo, css, weak = (cfg["tables"][t] for t in ("demo", "demo_css", "demo_wilson"))
+    demo, css, weak, simformer = (cfg["tables"][t] for t in ("demo", "demo_css", "demo_wilson",
+                                                             "demo_simformer"))
     gfss = [t for t in cfg["tables"].values() if t.get("kind") == "episodic"]
     backbones = {row["backbone"] for t in gfss for row in t["rows"].values()}
     # every registered method is in a demo table: the few-shot family, the CSS suite, WILSON,
-    # the GFSS backbone (its contrastive variant: config/synthetic.yaml, checked below)
+    # the GFSS backbone (its contrastive variant: config/synthetic.yaml, checked below),
+    # SimFormer (its variants)
+    weakshot = {cfg["methods"][m]["method"] for m in simformer["methods"]}
     assert set(METHODS) - {"COS", "PSP-CTR"} <= set(demo["methods"]) | set(css["methods"]) \
-        | set(weak["methods"]) | backbones
+        | set(weak["methods"]) | backbones | weakshot
     bigger = yaml.safe_load((ROOT / "config" / "synthetic.yaml").read_text())
     assert "PSP-CTR" in {row["backbone"] for t in bigger["tables"].values()
                          for row in t.get("rows", {}).values()}
@@ -220,12 +223,16 @@ def test_default_config_builds_every_table_kind(tmp_path):
     bases = {METHODS[m].base for m in registered + ["WILSON"]}
     assert counts.get("train_continual_step0", 0) == 2 * len(bases)  # disjoint, overlap
     assert set(demo["tasks"]) == {"5-0", "5-0m"} and len(demo["shots"]) >= 2
+    # SimFormer: base-only, seg, sim and the retraining on sim's pseudo labels
+    assert simformer["protocols"] == ["weakshot"] and weakshot == {"SimFormer"}
+    assert counts["train_weakshot"] == len(simformer["methods"]) == 4
+    assert counts["pseudo_labels"] == 1
     variants = {name for name, m in cfg["methods"].items() if m and "method" in m}
-    assert {cfg["methods"][v]["method"] for v in variants} <= {"MCLOS", "WILSON"}
+    assert {cfg["methods"][v]["method"] for v in variants} <= {"MCLOS", "WILSON", "SimFormer"}
     mclos_variants = {v for v in variants if cfg["methods"][v]["method"] == "MCLOS"}
     assert len(mclos_variants) == 5
     ablations = [t for name, t in cfg["tables"].items()
-                 if name not in ("demo", "demo_css", "demo_wilson") and t.get("kind") != "episodic"]
+                 if name != "demo" and t.get("kind", "fewshot") == "fewshot"]
     assert {m for t in ablations for m in t["methods"]} == mclos_variants | {"PIFS", "MCLOS"}
     assert all(len(t["ishots"]) >= 2 for t in ablations)
     folds = {task for t in gfss for task in t["tasks"]}
@@ -464,16 +471,29 @@ E2E_CONFIG = {
         "MS": {"train": {"iterations": 1, "lr": 0.001}, "data": {"batch_size": 2}},
         "continual_step0": {"train": {"iterations": 15, "lr": 0.01}, "data": {"batch_size": 8}},
         "continual": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 4}},
+        "weakshot": {"train": {"iterations": 2, "lr": 0.001}, "data": {"batch_size": 4}},
     }},
     "methods": {"FT": {}, "COS": {},
-                "FT-hi": {"method": "FT", "fewshot": {"train": {"lr": 0.01}}}},  # a variant
+                "FT-hi": {"method": "FT", "fewshot": {"train": {"lr": 0.01}}},  # a variant
+                # SimFormer's chain: similarity stage -> its pseudo labels -> retraining
+                "SimFormer": {"weakshot": {
+                    "model": {"arch": "maskformer", "head_channels": 32, "num_queries": 8,
+                              "decoder_layers": 1, "attention_heads": 4, "ffn_channels": 32},
+                    "train": {"optimizer": "adamw"}}},
+                "SimFormer-sim": {"method": "SimFormer", "params": {"crosim": True}},
+                "SimFormer-RT": {"method": "SimFormer", "pseudo_labels": "SimFormer-sim",
+                                 "params": {"retrain": True, "comp_weight": 0.0}}},
     "tables": {"e2e": {"dataset": "synthetic", "tasks": ["5-0", "5-0m"], "methods": ["FT", "COS"],
                        "shots": [1], "ishots": [0, 1]},
                "e2e_variants": {"dataset": "synthetic", "tasks": ["5-0"],
                                 "methods": ["FT", "FT-hi"], "shots": [1], "ishots": [0, 1]},
                # continual: FT on 15-1 (five steps, from 15-5's disjoint step 0)
                "e2e_css": {"kind": "continual", "dataset": "synthetic", "tasks": ["15-1"],
-                           "protocols": ["disjoint"], "methods": ["FT"]}},
+                           "protocols": ["disjoint"], "methods": ["FT"]},
+               "e2e_weakshot": {"kind": "continual", "dataset": "synthetic", "tasks": ["15-5"],
+                                "protocols": ["weakshot"],
+                                "methods": ["SimFormer-sim", "SimFormer-RT"],
+                                "metrics": ["base", "novel", "all", "fwiou"]}},
     "figures": {"e2e": {"dataset": "synthetic", "task": "5-0", "methods": ["FT", "COS"],
                         "num_images": 2, "tsne_images": 10, "per_class": 20,
                         "tsne_iterations": 250},
@@ -575,6 +595,28 @@ def test_e2e_continual_table_and_per_step_figure(e2e):
     assert list(frame["step"]) == [0, 1, 2, 3, 4, 5] and frame["all"].between(0, 100).all()
     with Image.open(workdir / "results/figures/e2e_steps/per_step.png") as png:
         assert png.width > 300 and png.height > 200
+
+
+@pytest.mark.slow
+def test_e2e_weakshot_chain(e2e):
+    """Similarity stage -> pseudo labels (a complete folder) -> retraining on them -> table."""
+    import json
+
+    import pandas as pd
+
+    workdir, _, out = e2e
+    runs = workdir / "results" / "runs" / "synthetic" / "15-5" / "weakshot"
+    pseudo = workdir / "results" / "pseudo" / "synthetic" / "15-5" / "SimFormer-sim"
+    manifest = json.loads((pseudo / "manifest.json").read_text())
+    assert manifest["task"] == "15-5" and len(manifest["images"]) == len(
+        list(pseudo.glob("*.png")))
+    retrained = json.loads((runs / "SimFormer-RT" / "step1" / "metrics.json").read_text())
+    assert retrained["config"]["data"]["train_labels"] == "results/pseudo/synthetic/15-5/SimFormer-sim"
+    assert retrained["config"]["params"]["retrain"] is True and "weakshot" in retrained
+    summary = pd.read_csv(workdir / "results" / "tables" / "e2e_weakshot.csv").set_index("method")
+    assert list(summary.index) == ["SimFormer-sim", "SimFormer-RT"]
+    assert any("base" in c for c in summary.columns) and any("fwiou" in c for c in summary.columns)
+    assert summary.notna().all().all()
 
 
 @pytest.mark.slow

@@ -49,8 +49,8 @@ def test_continual_paths():
         "results/runs/{dataset}/{task}/{protocol}/{method}/step{step}"
     from ifss.config import PROTOCOLS
 
-    assert ("fewshot", *paths.CONTINUAL) == PROTOCOLS and set(paths.STEP0_PROTOCOL) == \
-        set(paths.CONTINUAL)
+    assert ("fewshot", *paths.CONTINUAL, paths.WEAKSHOT) == PROTOCOLS and \
+        set(paths.STEP0_PROTOCOL) == set(paths.CONTINUAL)  # weakshot: no step-0 run
     assert paths.figure_files("f", "per_step") == {"plot": "results/figures/f/per_step.png",
                                                    "csv": "results/figures/f/per_step.csv"}
 
@@ -177,7 +177,7 @@ def _css(edit):
      "config key 'tables.css': 'protocols' is a required property"),
     (lambda c: c["tables"]["css"].update(protocols=["disjont"]),
      "config key 'tables.css.protocols.0': 'disjont' is not one of ['disjoint', 'overlap', "
-     "'sequential']"),
+     "'sequential', 'weakshot']"),
     (lambda c: c["tables"]["css"].update(protocols={"15-5": ["disjoint"], "15-1": ["x"]}),
      "config key 'tables.css.protocols.15-1.0': 'x' is not one of"),
     (lambda c: c["tables"]["css"].update(protocols={"15-5": ["disjoint"]}),

@@ -9,9 +9,10 @@
 6. workflow scale    `snakemake -n` wall time and job count per paper config
 7. precision (CUDA)  bf16 autocast + channels_last + cudnn.benchmark vs fp32 eager
 8. episodes          few-shot heads of E episodes trained as one batch vs one at a time
+9. simformer         SimFormer's matching share of a step; similarity-stage step / seg step
 
 1-2 are in ifss.bench.step_cost, 3, 4 and 7 in ifss.bench.throughput, 5-6 in
-ifss.bench.resources, 8 in ifss.bench.episodes.
+ifss.bench.resources, 8 in ifss.bench.episodes, 9 in ifss.bench.simformer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ifss.bench.context import Context, error_line
 from ifss.bench.episodes import episodes
 from ifss.bench.report import skipped
 from ifss.bench.resources import memory, memory_banks, workflow_scale
+from ifss.bench.simformer import simformer
 from ifss.bench.step_cost import method_overhead, step_overhead
 from ifss.bench.throughput import evaluation, input_pipeline, precision
 
@@ -38,10 +40,11 @@ SECTIONS: dict[str, Callable[[Context], dict]] = {
     "workflow": workflow_scale,
     "precision": precision,
     "episodes": episodes,
+    "simformer": simformer,
 }
 # The order figures appear in (the issue's numbering), whatever order the sections run in.
 FIGURE_ORDER = ("step_overhead", "checkpoint_overhead", "method.", "eval_throughput",
-                "loader_vs_train", "memory.", "workflow.", "precision.", "episodes.")
+                "loader_vs_train", "memory.", "workflow.", "precision.", "episodes.", "simformer.")
 
 
 def ordered(figures: dict) -> dict:

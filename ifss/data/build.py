@@ -38,7 +38,10 @@ class StepData:
 
 def train_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]]):
     """(image id, LUT) pairs of the step's training set under `data.protocol`: few-shot (step 0:
-    every train image with only base classes; step k: the few-shot images) or continual."""
+    every train image with only base classes; step k: the few-shot images), weak-shot or
+    continual."""
+    if cfg.data.protocol == "weakshot":
+        return weakshot_samples(cfg, task, image_classes)
     if cfg.data.protocol != "fewshot":
         return continual_samples(cfg, task, image_classes)
     if cfg.step == 0:
@@ -78,6 +81,22 @@ def continual_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[
     return [(i, lut) for i in ids]
 
 
+def weakshot_samples(cfg: RunConfig, task: Task, image_classes: dict[str, list[int]]):
+    """Every train image holding a class of `task.order(1)`, novel pixels void
+    (`incremental.weakshot_lut`), or, with data.train_labels, every class kept
+    (`incremental.labelled_lut`, on the pseudo labels)."""
+    incremental.check_weakshot_step(task, cfg.step)
+    ids = [i for i, cs in image_classes.items() if incremental.keeps_image_weakshot(cs, task)]
+    if not ids:
+        raise IfssError(
+            f"none of the {len(image_classes)} {train_split(cfg.dataset, cfg.step)} images of "
+            f"{cfg.dataset} in {cfg.data.root} holds a class of task {task.name}, so the "
+            "weak-shot step has nothing to train on; check data.root and the task")
+    lut = (incremental.labelled_lut(task) if cfg.data.train_labels
+           else incremental.weakshot_lut(task))
+    return [(i, lut) for i in ids]
+
+
 def train_split(dataset: str, step: int) -> str:
     """The split step `step` trains on: the record's `train_splits[min(step, len - 1)]`."""
     splits = get_dataset(dataset).train_splits
@@ -101,7 +120,9 @@ def step_image_classes(cfg: RunConfig, task: Task, layout: Layout, split: str):
 def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
                     needs: frozenset[str] = frozenset({"label"})) -> StepData:
     """The step's sets, training on the step's split (`train_split`) and testing on "val" and the
-    record's `extra_tests`.
+    record's `extra_tests`. With data.train_labels (weak-shot retraining) the training sets read
+    their labels from that pseudo-label folder (checked against its manifest first); the images,
+    the class index and the image-level labels stay the dataset's.
 
     `needs` (keys of DATA_KEYS) says what the training samples carry besides the image:
     "label", the remapped pixel labels (without it no training label file is ever opened, so a
@@ -125,12 +146,18 @@ def build_step_data(cfg: RunConfig, task: Task, layout: Layout | None = None,
         class_positions({i: image_classes[i] for i, _ in samples}, order)
         if "image_labels" in needs else None))
     d = cfg.data
+    train_layout = layout
+    if d.train_labels:  # weak-shot retraining: the pseudo labels replace the split's own
+        from ifss.simformer.pseudo_labels import pseudo_label_layout
+
+        train_layout = pseudo_label_layout(layout, d.train_labels, cfg.dataset, task, split,
+                                           [i for i, _ in samples])
     train = SegmentationSet(
-        layout, split, samples,
+        train_layout, split, samples,
         transforms.train_transform(d.crop_size, d.scale_min, d.scale_max), **carried, **common,
     )
-    plain = SegmentationSet(layout, split, samples, transforms.test_transform(), **carried,
-                            **common)
+    plain = SegmentationSet(train_layout, split, samples, transforms.test_transform(),
+                            **carried, **common)
     lut = incremental.test_lut(task, cfg.step, cfg.data.protocol)
 
     def test_set(test_split: str) -> SegmentationSet:

@@ -16,6 +16,14 @@ Protocols (`data.protocol`; research wilson_sdr_gfss_simformer.md §B.5 for the 
     sequential  disjoint's images, old classes keep their labels (ICCVW'19)
     test (continual protocols): every val image, unseen classes -> background, the convention of
                 MiB and SDR, where "background" means "not a class learned so far"
+    weakshot    SimFormer's weak-shot segmentation (research §D.1): step 1 of a two-step task,
+                trained from ImageNet weights with no previous model and no step-0 run. Every
+                train image holding a class of order(1) enters; base classes (step 0, background
+                included) keep their pixel labels, novel classes' pixels become void (the novel
+                classes are known from image-level labels only), void stays void. With
+                data.train_labels (SimFormer's retraining) the labels come from a pseudo-label
+                folder and every class of order(1) keeps its label (`labelled_lut`). Test: every
+                val image, every class of order(1) kept, void stays void (nothing is unseen)
 """
 from __future__ import annotations
 
@@ -24,10 +32,12 @@ from collections.abc import Iterable
 import numpy as np
 
 from ifss.data.records import get_dataset
+from ifss.errors import IfssError
 from ifss.tasks import Task
 
 IGNORE = 255
 INVALID = -1
+CONTINUAL_PROTOCOLS = ("disjoint", "overlap", "sequential")  # test: unseen classes -> background
 
 
 def valid_label_values(label_space: str) -> tuple[int, ...]:
@@ -50,9 +60,10 @@ def build_lut(label_space: str, keep: Iterable[int], order: tuple[int, ...],
 
 def test_lut(task: Task, step: int, protocol: str = "fewshot") -> np.ndarray:
     """Evaluation after `step`: seen classes keep their labels; unseen classes are ignored
-    (fewshot) or background (the continual protocols)."""
+    (fewshot, weakshot) or background (the continual protocols)."""
     order = task.order(step)
-    return build_lut(task.label_space, order, order, IGNORE if protocol == "fewshot" else 0)
+    return build_lut(task.label_space, order, order,
+                     0 if protocol in CONTINUAL_PROTOCOLS else IGNORE)
 
 
 def base_lut(task: Task) -> np.ndarray:
@@ -88,6 +99,33 @@ def continual_lut(task: Task, step: int, protocol: str) -> np.ndarray:
     order = task.order(step)
     keep = order if protocol == "sequential" else (0,) + task.steps[step]
     return build_lut(task.label_space, keep, order, others=0)
+
+
+def check_weakshot_step(task: Task, step: int) -> None:
+    """A weak-shot run is step 1 of a two-step task (base classes, novel classes)."""
+    if task.num_steps != 2 or step != 1:
+        raise IfssError(
+            f"a weak-shot run (data.protocol=weakshot) is step 1 of a two-step task (base, novel), "
+            f"but this is step {step} of task {task.name}, which has {task.num_steps} step(s); "
+            "use step=1 and a two-step task such as cocostuff10k ws1 or synthetic 15-5")
+
+
+def keeps_image_weakshot(image_classes: Iterable[int], task: Task) -> bool:
+    """A weak-shot step trains on every image holding at least one class of `task.order(1)`."""
+    return bool(set(image_classes) & set(task.order(1)))
+
+
+def weakshot_lut(task: Task) -> np.ndarray:
+    """Weak-shot training labels: base classes (step 0, background included) keep their
+    positions in `order(1)`; novel classes' pixels (and any class outside the task) become void,
+    so no novel pixel reaches a method."""
+    return build_lut(task.label_space, task.order(0), task.order(1))
+
+
+def labelled_lut(task: Task) -> np.ndarray:
+    """Weak-shot retraining on pseudo labels (data.train_labels): every class of `order(1)` keeps
+    its position; other classes and void become void."""
+    return build_lut(task.label_space, task.order(1), task.order(1))
 
 
 def apply_lut(label: np.ndarray, lut: np.ndarray) -> np.ndarray:

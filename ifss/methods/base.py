@@ -5,7 +5,8 @@ happens at each point of it through the hooks below.
 Order of a step (ifss.run): construct -> `build_modules(model)` -> carried `load_state_dict` and
 module weights -> `prepare` -> engine: main phase (per iteration: `before_step`, forward, `loss`,
 backward, `after_backward`, optimiser step, `after_step`), then `extra_phases` -> `finish` ->
-evaluation -> `state_dict` and `modules` saved in model.pt for the next step.
+evaluation -> `state_dict` and `modules` saved in model.pt for the next step. The engine asks
+`batch_source` which samples form each batch of the main phase.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ifss.config import RunConfig, TrainConfig
+from ifss.data.batches import ResumableBatches
 from ifss.data.build import DATA_KEYS, StepData
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
@@ -116,6 +118,13 @@ class Method:
             module.train()
         if self.cfg.train.fix_bn:
             fix_norm_statistics(model)
+
+    def batch_source(self, dataset, cfg: RunConfig, runtime: Runtime) -> ResumableBatches:
+        """Which samples of `dataset` (the step's training set) each iteration of the main phase
+        sees: a ResumableBatches (or subclass: same span / per_epoch contract), computable from
+        the iteration number alone. Default: shuffled per epoch (SimFormer: image pairs)."""
+        return ResumableBatches(len(dataset), cfg.data.batch_size, cfg.seed, runtime.rank,
+                                runtime.world)
 
     def extra_phases(self, model: nn.Module, data: StepData) -> list:
         """Training phases after the main one (ifss.engine.Phase), run by the same loop."""

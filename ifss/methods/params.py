@@ -300,3 +300,43 @@ class PretrainParams:
 @dataclass
 class PretrainContrastParams(PretrainParams):
     contrast_weight: float = 0.1  # PSP-CTR: λ 0.1 (GB:config_files/pascal_pretrain.yaml)
+
+
+SIMFORMER_DISTILL = ("ce", "cce")
+
+
+@dataclass
+class SimFormerParams:
+    # SimFormer's _1Prop_Cfgs (research/wilson_sdr_gfss_simformer.md §D.1-D.2): COCO-Stuff-10K
+    # values; ADE20K: comp_weight 0.2, distill_weight 0.5. The three stages are presets of these:
+    # seg (crosim false), seg + similarity transfer (crosim true), retraining on pseudo labels
+    # (retrain true, comp_weight 0, data.train_labels set).
+    cls_weight: float = 1.0  # CE of the queries' classes (AssignCls); also the matcher's class cost
+    focal_weight: float = 20.0  # sigmoid focal mask loss (AssignMaskMASK) and matcher cost
+    dice_weight: float = 1.0  # dice mask loss (AssignMaskDICE) and matcher cost
+    no_object_weight: float = 0.1  # CE weight of the "no object" class
+    comp_weight: float = 0.15  # the complementary loss (CompSupNovel); 0 = base-only training
+    deep_supervision: bool = True  # the same losses on every decoder layer's output
+    crosim: bool = False  # pixel-pixel similarity transfer: SimNet + distillation, pair batches
+    sim_base_weight: float = 1.0  # SimNet's balanced BCE on base pixel pairs (BASE_LOSS)
+    distill_weight: float = 0.1  # the distillation into the novel region (DISTILL_LOSS)
+    distill: str = "cce"  # ce | cce (DISTILL_FUNC)
+    sim_points: int = 100  # points per image, for SimNet and for the distillation
+    sim_common_fraction: float = 0.8  # SimNet points from one base class common to both images
+    sim_window: int = 25  # batches of the balanced BCE's running counts
+    pair_rare_prob: float = 0.01  # pair on the rarest shareable novel class (Deconf0.01)
+    retrain: bool = False  # novel classes have masks (pseudo labels): matched and supervised as
+    # base ones (NOVEL_HAS_MASK); needs data.train_labels
+
+    def __post_init__(self):
+        _one_of("distill", self.distill, SIMFORMER_DISTILL)
+        weights = ("cls_weight", "focal_weight", "dice_weight", "no_object_weight", "comp_weight",
+                   "sim_base_weight", "distill_weight")
+        bad = [f"params.{w} >= 0" for w in weights if not getattr(self, w) >= 0]
+        # two points at least: SimNet's BatchNorm needs more than one pair
+        rules = (("params.sim_points >= 2", self.sim_points >= 2),
+                 ("params.sim_common_fraction in [0, 1]", 0 <= self.sim_common_fraction <= 1),
+                 ("params.sim_window >= 1", self.sim_window >= 1),
+                 ("params.pair_rare_prob in [0, 1]", 0 <= self.pair_rare_prob <= 1))
+        bad += [rule for rule, ok in rules if not ok]
+        _check(not bad, f"SimFormer params out of range: need {', '.join(bad)}")

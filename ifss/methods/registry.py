@@ -22,6 +22,9 @@ class MethodInfo:
     step0: bool = False  # True: this method also trains a step-0 model (a base for others)
     step0_from: str | None = None  # a step-0 method whose step-0 run this one's step 0 starts from
     params: type = P.NoParams  # its hyper-parameters (ifss/methods/params.py), checked by the DAG
+    # True: a weak-shot method (data.protocol weakshot): its step 1 trains from ImageNet weights,
+    # there is no step-0 run, and it trains under no other protocol
+    weakshot: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -72,6 +75,10 @@ METHODS: dict[str, MethodInfo] = {
                    params=P.PretrainParams),
         MethodInfo("PSP-CTR", "ifss.methods.pretraining", "Pretraining", "PSP-CTR", "linear",
                    step0=True, params=P.PretrainContrastParams),
+        # weak-shot segmentation with a mask-transformer (seed 002): base classes from pixel
+        # labels, novel ones from image labels; seg, seg + similarity and retraining are presets
+        MethodInfo("SimFormer", "ifss.methods.simformer", "SimFormer", "SimFormer", "linear",
+                   params=P.SimFormerParams, weakshot=True),
     )
 }
 
@@ -80,6 +87,10 @@ def method_info(name: str) -> MethodInfo:
     if name not in METHODS:
         raise unknown("method", name, METHODS)
     return METHODS[name]
+
+
+def weakshot_methods() -> list[str]:
+    return [m.name for m in METHODS.values() if m.weakshot]
 
 
 def base_methods() -> list[str]:

@@ -11,17 +11,20 @@ mask features gives the query's mask logits. Semantic scores are
 
 `MaskFormer.forward` keeps ifss's model contract (dense "logits", "features", "body") beside
 the set predictions ("pred_logits", "pred_masks", "aux") that SimFormer's losses use. The "logits"
-are scores in [0, 1] for argmax, not log-probabilities.
+are scores in [0, 1] for argmax, not log-probabilities. It has no incremental steps: loading a
+previous step's model and growing the classifier are refused.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ifss.errors import IfssError
 from ifss.models.norm import NormFactory
 from ifss.models.resnet import ResNetBody, build_body
 
@@ -230,3 +233,12 @@ class MaskFormer(nn.Module):
             "head": list(self.head.parameters()),
             "classifier": list(self.classifier.parameters()),
         }
+
+    def load_previous_step(self, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+        raise IfssError(f"model.arch=maskformer trains a weak-shot step from ImageNet weights "
+                        f"and loads no previous step ({source}); leave `previous` empty")
+
+    def add_classifier_step(self, n: int) -> nn.Module:
+        raise IfssError("model.arch=maskformer is not incremental: its class head covers every "
+                        "class of the task from the start; use deeplabv3 or pspnet for "
+                        "incremental steps")

@@ -4,4 +4,5 @@ module per part of the method: `matching` (Hungarian matching of proposals to ba
 masks and novel targets with image labels only), `mask_losses` (classification, focal and dice
 mask losses, the complementary loss, deep supervision), `similarity` (SimNet, its balanced BCE,
 the pixel-pixel similarity distillation) and `pairs` (the training pairs). The model is
-ifss.models.maskformer; the method and its four workflow stages are still to come (issue 15)."""
+ifss.models.maskformer (model.arch=maskformer), the method ifss.methods.simformer, the pseudo
+labels of the retraining stage `pseudo_labels`."""

@@ -14,12 +14,12 @@ import ifss.config as runconfig
 from ifss.data.records import get_dataset
 from ifss.data.records.coco_voc import COCO_VOC_INPUTS
 from ifss.errors import IfssError, unknown
-from ifss.methods.registry import METHODS, method_params
+from ifss.methods.registry import METHODS, method_params, weakshot_methods
 from ifss.tasks import get_task
-from ifss.workflow.paths import CONTINUAL
+from ifss.workflow.paths import CONTINUAL, WEAKSHOT
 from ifss.workflow.settings import (PARTS, SETTINGS, STAGES, as_list, matches,
                                     method_layers, method_of, run_context)
-from ifss.workflow.targets import is_continual
+from ifss.workflow.targets import all_protocols, is_continual, is_weakshot
 
 # Methods of the papers' tables that the config may name before their code is registered: they
 # validate, are announced in one warning line and are left out of the DAG until registered.
@@ -30,12 +30,18 @@ PLANNED_METHODS = (
 # Run-config keys the workflow sets itself, per run; a config fragment may not set them.
 WORKFLOW_KEYS = (
     "dataset", "task", "step", "nshot", "ishot", "method", "label", "previous",
-    "data.root", "data.class_index", "data.protocol", "model.pretrained",
+    "data.root", "data.class_index", "data.protocol", "data.train_labels", "model.pretrained",
 )
 # eval keys the workflow sets for each episodic evaluation (not in datasets.D.episodic)
 EPISODIC_KEYS = ("protocol", "head", "gamma")
 # Names a configured method may not have: path components of the continual layout.
-RESERVED_NAMES = ("step0", "episodic", *CONTINUAL)
+RESERVED_NAMES = ("step0", "episodic", *CONTINUAL, WEAKSHOT)
+# The columns of a weak-shot table (metrics.json `weakshot`, ifss.continual_results), the default
+# first; and of an episodic table (ifss.episodic_results).
+WEAKSHOT_METRICS = ("base", "novel", "all", "hm", "fwiou", "macc", "pacc", "macc_base",
+                    "macc_novel")
+DEFAULT_WEAKSHOT_METRICS = ["base", "novel", "all", "hm"]
+EPISODIC_METRICS = ("novel", "base", "fb_iou")
 # Datasets built from other datasets (source derived): name -> role -> the record whose layout
 # (label space) the role's dataset must have; `from` names the configured dataset of each role.
 DERIVED = {"coco-voc": COCO_VOC_INPUTS}
@@ -46,10 +52,12 @@ def check_config(cfg: dict) -> None:
     check_fragment(cfg["run"], "run")
     check_datasets(cfg["datasets"])
     check_methods(cfg["methods"])
+    check_pseudo_labels(cfg["methods"])
     check_overrides(cfg["overrides"])
     check_tables(cfg)
     check_figures(cfg)
     check_params(cfg)
+    check_retrain(cfg)
 
 
 def check_fragment(fragment: dict, where: str) -> None:
@@ -146,12 +154,78 @@ def check_methods(methods: dict) -> None:
             check_method_name(name, f"methods.{name}")
         for stage in STAGES:
             check_fragment(entry[stage], f"methods.{name}.{stage}")
+        check_stages_of_kind(name, entry, methods)
 
 
-def check_names(names, where: str, methods: dict) -> None:
+def weakshot_method(methods: dict, name: str) -> bool:
+    """Does a configured name run a registered weak-shot method (SimFormer, or a variant)?"""
+    info = METHODS.get(method_of(methods, name))
+    return bool(info and info.weakshot)
+
+
+def _weakshot_list() -> str:
+    return ", ".join(weakshot_methods()) or "none registered"
+
+
+def check_stages_of_kind(name: str, entry: dict, methods: dict) -> None:
+    """A weak-shot method has only its weakshot stage; another method has none."""
+    if method_of(methods, name) not in METHODS:
+        return
+    if weakshot_method(methods, name):
+        for stage in ("step0", "fewshot", "continual"):
+            if entry[stage]:
+                raise IfssError(f"methods.{name}.{stage}: {name} is a weak-shot method (step 1 "
+                                "from ImageNet weights, under protocol weakshot only); move "
+                                f"these settings to methods.{name}.weakshot")
+    elif entry["weakshot"]:
+        raise IfssError(f"methods.{name}.weakshot: {name} is not a weak-shot method (those "
+                        f"are: {_weakshot_list()}); remove the section")
+
+
+def check_pseudo_labels(methods: dict) -> None:
+    """`pseudo_labels: SOURCE`: a weak-shot run trains on the pseudo labels of another configured
+    weak-shot method's step-1 model; sources may chain but not loop."""
+    for name, entry in methods.items():
+        source = entry.get("pseudo_labels")
+        if source is None:
+            continue
+        where = f"methods.{name}.pseudo_labels"
+        if method_of(methods, name) in METHODS and not weakshot_method(methods, name):
+            raise IfssError(f"{where}: {name} is not a weak-shot method, and only weak-shot runs "
+                            f"({_weakshot_list()}) train on pseudo labels; remove it")
+        if source == name:
+            raise IfssError(f"{where}: {name} cannot train on its own pseudo labels; name the "
+                            "weak-shot variant whose step-1 model labels the train set")
+        if source not in methods:
+            raise IfssError(f"{where}: {source!r} is not under methods (configured: "
+                            f"{', '.join(methods)}); name a configured weak-shot method or "
+                            "variant")
+        if not weakshot_method(methods, source):
+            raise IfssError(f"{where}: {source!r} is not a weak-shot method (those are: "
+                            f"{_weakshot_list()} and their variants), so it makes no pseudo "
+                            "labels; name a weak-shot variant")
+        chain = [name, source]
+        while (methods[chain[-1]] or {}).get("pseudo_labels"):
+            chain.append(methods[chain[-1]]["pseudo_labels"])
+            if chain[-1] in chain[:-1]:
+                raise IfssError(f"{where}: the pseudo labels go round in a cycle "
+                                f"({' -> '.join(chain)}); let one of them train on the "
+                                "dataset's own labels (no pseudo_labels)")
+
+
+def check_names(names, where: str, methods: dict, weakshot: bool = False) -> None:
+    """Known names; weak-shot methods where `weakshot` (a weak-shot table), nowhere else."""
     for name in names:
         if method_of(methods, name) == name:  # a variant is checked with its entry
             check_method_name(name, where)
+        if weakshot_method(methods, name) != weakshot and method_of(methods, name) in METHODS:
+            if weakshot:
+                raise IfssError(f"{where}: {name!r} is not a weak-shot method, so it has no "
+                                f"weakshot runs; weak-shot methods: {_weakshot_list()} (and "
+                                "their variants)")
+            raise IfssError(f"{where}: {name!r} is a weak-shot method: it runs only under "
+                            "protocol weakshot; put it in a continual table with protocols: "
+                            "[weakshot]")
 
 
 def check_overrides(overrides: dict) -> None:
@@ -217,8 +291,13 @@ def check_tables(cfg: dict) -> None:
             check_extra_tests(table, where)
         else:
             check_keys_of_kind(table, where, ("protocols", "extra_tests"), "few-shot table")
-        check_keys_of_kind(table, where, ("rows", "metrics"), f"{table['kind']} table")
-        check_names(table["methods"], f"{where}.methods", cfg["methods"])
+        check_keys_of_kind(table, where, ("rows",), f"{table['kind']} table")
+        if is_weakshot(table):
+            check_weakshot_table(table, where, steps)
+        else:
+            check_keys_of_kind(table, where, ("metrics",), f"{table['kind']} table (weak-shot "
+                               "tables only: protocols [weakshot])")
+        check_names(table["methods"], f"{where}.methods", cfg["methods"], is_weakshot(table))
         if "delta" in table:
             if table["kind"] == "continual":
                 raise IfssError(f"{where}.delta: a continual table has no paired folds or "
@@ -226,6 +305,29 @@ def check_tables(cfg: dict) -> None:
             if table["delta"] not in table["methods"]:
                 raise IfssError(f"{where}.delta: {table['delta']!r} is not one of "
                                 f"{where}.methods ({', '.join(table['methods'])})")
+
+
+def check_weakshot_table(table: dict, where: str, steps: dict[str, int]) -> None:
+    """Protocol weakshot alone, two-step tasks, weak-shot metrics (default filled in)."""
+    others = [p for p in all_protocols(table) if p != WEAKSHOT]
+    if others:
+        raise IfssError(f"{where}.protocols: weakshot runs only weak-shot methods, so it shares "
+                        f"no table with {', '.join(others)}; give the weak-shot runs a table of "
+                        "their own")
+    for task, count in steps.items():
+        if count != 2:
+            raise IfssError(f"{where}.tasks: {task!r} has {count} steps, but a weak-shot run is "
+                            "step 1 of a two-step task (base and novel classes); use ws1.. or "
+                            "15-5")
+    table.setdefault("metrics", list(DEFAULT_WEAKSHOT_METRICS))
+    check_metrics(table, where, WEAKSHOT_METRICS, "a weak-shot table")
+
+
+def check_metrics(table: dict, where: str, valid, kind: str) -> None:
+    for metric in table["metrics"]:
+        if metric not in valid:
+            raise IfssError(f"{where}.metrics: {metric!r} is no column of {kind}; use some of "
+                            f"{', '.join(valid)}")
 
 
 def check_episodic_table(cfg: dict, table: dict, where: str, steps: dict[str, int]) -> None:
@@ -247,6 +349,7 @@ def check_episodic_table(cfg: dict, table: dict, where: str, steps: dict[str, in
             raise IfssError(f"{where}.rows.{row}.backbone: {spec['backbone']!r} trains no "
                             f"step-0 model; backbones are step-0 methods such as PSP, PSP-CTR")
     table.setdefault("metrics", ["novel"])
+    check_metrics(table, where, EPISODIC_METRICS, "an episodic table")
     table["methods"] = list(dict.fromkeys(spec["backbone"] for spec in table["rows"].values()))
     check_names(table["methods"], f"{where}.rows backbones", cfg["methods"])
     if "delta" in table and table["delta"] not in table["rows"]:
@@ -290,9 +393,10 @@ COMPARISON_KEYS = ("nshot", "ishot", "step", "num_images", "tsne_images", "per_c
 
 def runnable(cfg: dict) -> list[tuple[str, str, str]]:
     """(configured name, stage, dataset part) of every kind of run the config can plan whose
-    method is registered: each configured name's few-shot and continual steps, each compared
-    name's steps of its table's or figure's kind, and the step-0 runs they start from (a base
-    and the step-0 runs it continues; few-shot and continual step 0 read different sections)."""
+    method is registered: each configured name's few-shot and continual steps (a weak-shot
+    method's: its weak-shot run only), each compared name's steps of its table's or figure's
+    kind, and the step-0 runs they start from (a base and the step-0 runs it continues; few-shot
+    and continual step 0 read different sections)."""
     methods = cfg["methods"]
     specs = [*cfg["tables"].values(), *cfg["figures"].values()]
     kinds = {"fewshot": ("step0", SETTINGS), "continual": ("continual_step0", ("continual",))}
@@ -300,13 +404,17 @@ def runnable(cfg: dict) -> list[tuple[str, str, str]]:
     for stage, (step0_part, parts) in kinds.items():
         named = [*methods, *(m for spec in specs if is_continual(spec) == (stage == "continual")
                              for m in spec["methods"])]
-        names = [n for n in dict.fromkeys(named) if method_of(methods, n) in METHODS]
+        names = [n for n in dict.fromkeys(named)
+                 if method_of(methods, n) in METHODS and not weakshot_method(methods, n)]
         runs += [(n, stage, part) for n in names for part in parts]
         for name in names:
             base = METHODS[method_of(methods, name)].base
             while base in METHODS and (base, step0_part) not in step0:
                 step0[(base, step0_part)] = None
                 base = METHODS[base].step0_from
+    weak = [n for n in dict.fromkeys([*methods, *(m for spec in specs for m in spec["methods"])])
+            if weakshot_method(methods, n)]
+    runs += [(n, WEAKSHOT, WEAKSHOT) for n in weak]
     return [(base, "step0", part) for base, part in step0] + runs
 
 
@@ -319,8 +427,8 @@ def param_layers(cfg: dict, name: str, stage: str, dataset: str, part: str):
     layers = [("run", cfg["run"]), (f"datasets.{dataset}.run", ds["run"]),
               (f"datasets.{dataset}.{part}", ds[part]),
               *method_layers(cfg["methods"], name, stage)]
-    protocol = {"continual_step0": ("disjoint", "overlap"), "continual": CONTINUAL}.get(part,
-                                                                                       "fewshot")
+    protocol = {"continual_step0": ("disjoint", "overlap"), "continual": CONTINUAL,
+                WEAKSHOT: WEAKSHOT}.get(part, "fewshot")
     context = run_context(cfg["methods"], dataset, None, name, stage,
                           setting=part if part in SETTINGS else None, protocol=protocol)
     for key in ("task",) if stage == "step0" else ("task", "nshot", "ishot", "step"):
@@ -354,6 +462,43 @@ def _params_error(err, where, name, registered, stage, values) -> IfssError:
     if not dataclasses.fields(METHODS[registered].params):
         err = f"{registered} has no params, got params.{next(iter(values))}"
     run = {"step0": f"{name}'s step-0 run", "fewshot": f"{name}'s few-shot steps",
-           "continual": f"{name}'s continual steps"}[stage]
+           "continual": f"{name}'s continual steps", WEAKSHOT: f"{name}'s weak-shot runs"}[stage]
     return IfssError(f"in {where}" + ("" if where.startswith("methods.") else f" ({run})")
                      + f": {err}")
+
+
+def weakshot_params(cfg: dict, name: str, dataset: str):
+    """The Params a weak-shot run of `name` on `dataset` can get (every layer that can apply)."""
+    values: dict = {}
+    for _, params in param_layers(cfg, name, WEAKSHOT, dataset, WEAKSHOT):
+        values = runconfig.merge(values, params)
+    return method_params(method_of(cfg["methods"], name), values)
+
+
+def check_retrain(cfg: dict) -> None:
+    """A weak-shot run that trains on pseudo labels (`pseudo_labels`) is a retraining run
+    (params.retrain, for the methods that have it), and the other way round."""
+    methods = cfg["methods"]
+    for name, stage, _ in runnable(cfg):
+        if stage != WEAKSHOT:
+            continue
+        source = (methods.get(name) or {}).get("pseudo_labels")
+        for dataset in cfg["datasets"]:
+            params = weakshot_params(cfg, name, dataset)
+            if not hasattr(params, "retrain"):
+                continue
+            message = retrain_mismatch(name, params.retrain, source)
+            if message:
+                raise IfssError(message)
+
+
+def retrain_mismatch(name: str, retrain: bool, source: str | None) -> str:
+    """The sentence for a retraining run without pseudo labels or the other way round ('')."""
+    if retrain and not source:
+        return (f"methods.{name}.pseudo_labels: {name} retrains (params.retrain true) but names "
+                "no pseudo labels; set it to the weak-shot variant whose step-1 model labels the "
+                "train set (such as SimFormer-sim)")
+    if source and not retrain:
+        return (f"methods.{name}.params.retrain: {name} trains on {source}'s pseudo labels, so "
+                "set retrain: true (the novel classes then have masks), or remove pseudo_labels")
+    return ""

@@ -15,13 +15,14 @@ from pathlib import Path
 import ifss.config as runconfig
 from ifss.data.records import get_dataset
 from ifss.errors import IfssError, unknown
-from ifss.methods.registry import METHODS, MethodInfo, base_methods
+from ifss.methods.registry import (METHODS, MethodInfo, base_methods, method_params,
+                                   weakshot_methods)
 from ifss.tasks import Task, get_task
 from ifss.workflow import paths, targets
-from ifss.workflow.checks import PLANNED_METHODS, check_config
+from ifss.workflow.checks import PLANNED_METHODS, check_config, retrain_mismatch
 from ifss.workflow.include import expand_includes
 from ifss.workflow.schema import validate_schema
-from ifss.workflow.settings import method_of, run_settings, set_args
+from ifss.workflow.settings import method_of, run_settings, set_args, set_pairs
 
 
 class Matrix:
@@ -36,6 +37,7 @@ class Matrix:
         self.run_settings = functools.cache(functools.partial(run_settings, cfg))
         self.fewshot_run = functools.cache(self._fewshot_run)
         self.continual_run = functools.cache(self._continual_run)
+        self.weakshot_run = functools.cache(self._weakshot_run)
         self.step0_task = functools.cache(targets.step0_task)
 
     @classmethod
@@ -82,11 +84,31 @@ class Matrix:
 
     def check_base(self, name: str) -> MethodInfo:
         info = self.check_method(name)
+        if info.weakshot:
+            raise IfssError(f"method {name!r} is a weak-shot method: it trains from ImageNet "
+                            "weights with no step-0 run; its runs are "
+                            f"{paths.weakshot_dir('<dataset>', '<task>', name)}/")
         if not info.step0:
             raise IfssError(
                 f"method {name!r} has no step-0 run (its step 1 starts from step0/{info.base}); "
                 f"step-0 methods: {', '.join(base_methods())}"
             )
+        return info
+
+    def check_not_weakshot(self, name: str, info: MethodInfo, dataset: str, task: str) -> None:
+        """A weak-shot method runs under protocol weakshot only."""
+        if info.weakshot:
+            raise IfssError(f"method {name!r} is a weak-shot method: it runs only under "
+                            f"protocol weakshot, as {paths.weakshot_dir(dataset, task, name)}/")
+
+    def check_weakshot(self, name: str) -> MethodInfo:
+        """The registry entry of a configured weak-shot name (a variant resolves to its
+        method)."""
+        info = self.check_method(name)
+        if not info.weakshot:
+            raise IfssError(f"method {name!r} is not a weak-shot method, so it has no weakshot "
+                            f"runs; weak-shot methods: {', '.join(weakshot_methods())} (and "
+                            "their variants)")
         return info
 
     @staticmethod
@@ -186,6 +208,12 @@ class Matrix:
         protocol (sequential: disjoint's)."""
         return paths.run_dir(dataset, task, base, 0, None, None, protocol)
 
+    def imagenet_weights(self, dataset: str) -> dict:
+        """{"weights": file} of the dataset's ImageNet weights, or nothing (weights: none)."""
+        if self.datasets[dataset]["weights"] != "none":
+            return {"weights": self.weights_path(self.datasets[dataset]["weights"])}
+        return {}
+
     def step0_start(self, dataset: str, task: str, base: str, protocol: str = "fewshot") -> dict:
         """What a step-0 run starts from: {"previous": model.pt} of the step-0 run it continues
         (e.g. DWI's from COS's), or {"weights": file} of ImageNet weights, or nothing."""
@@ -193,9 +221,7 @@ class Matrix:
         if info.step0_from:
             return {"previous": f"{self.step0_dir(dataset, task, info.step0_from, protocol)}"
                                 "/model.pt"}
-        if self.datasets[dataset]["weights"] != "none":
-            return {"weights": self.weights_path(self.datasets[dataset]["weights"])}
-        return {}
+        return self.imagenet_weights(dataset)
 
     def step0_inputs(self, dataset: str, task: str, base: str, protocol: str = "fewshot") -> dict:
         """Data, class index and start (the "weights" file is best marked ancient); `protocol`:
@@ -224,6 +250,7 @@ class Matrix:
         """(method info, run fragment) of a few-shot step; unknown names fail here."""
         task_info = self.check_task(dataset, task)
         info = self.check_method(method)
+        self.check_not_weakshot(method, info, dataset, task)
         if not 1 <= step < task_info.num_steps:
             raise IfssError(
                 f"task {task!r} has few-shot steps 1..{task_info.num_steps - 1}, not step{step} "
@@ -263,6 +290,7 @@ class Matrix:
         task_info = self.check_task(dataset, task)
         self.check_protocol(protocol)
         info = self.check_method(method)
+        self.check_not_weakshot(method, info, dataset, task)
         if not 1 <= step < task_info.num_steps:
             raise IfssError(
                 f"task {task!r} has continual steps 1..{task_info.num_steps - 1}, not step{step} "
@@ -287,6 +315,68 @@ class Matrix:
         fixed = {"dataset": dataset, "task": task, "step": int(step), **self.method_keys(method),
                  "data.protocol": protocol, **self.dataset_keys(dataset, int(step))}
         return set_args(fixed, fragment)
+
+    # ------------------------------------------------------------- weak-shot jobs
+
+    def pseudo_source(self, name: str) -> str | None:
+        """The configured name whose pseudo labels the weak-shot runs of `name` train on."""
+        return (self.methods.get(name) or {}).get("pseudo_labels")
+
+    def _weakshot_run(self, dataset, task, method, step: int) -> dict:
+        """The run fragment of a weak-shot run; unknown names and a retraining run without
+        pseudo labels (or the other way round) fail here."""
+        task_info = self.check_task(dataset, task)
+        self.check_weakshot(method)
+        if task_info.num_steps != 2:
+            raise IfssError(f"task {task!r} has {task_info.num_steps} steps, but a weak-shot run "
+                            "is step 1 of a two-step task (base and novel classes); use ws1.. "
+                            "or 15-5")
+        if step != 1:
+            raise IfssError(f"a weak-shot run is step 1 of its task (from ImageNet weights, no "
+                            f"step-0 run), not step{step}; request "
+                            f"{paths.weakshot_dir(dataset, task, method)}/")
+        fragment = self.run_settings(dataset, task, method, "weakshot", step=1,
+                                     protocol=paths.WEAKSHOT)
+        params = method_params(self.registered_method(method), fragment.get("params") or {})
+        if hasattr(params, "retrain"):
+            message = retrain_mismatch(method, params.retrain, self.pseudo_source(method))
+            if message:
+                raise IfssError(message)
+        return fragment
+
+    def weakshot_inputs(self, dataset, task, method, step) -> dict:
+        """Data, class index, ImageNet weights ("weights", best marked ancient) and, for a run
+        on pseudo labels, the source's pseudo-label folder ("pseudo_labels")."""
+        self.weakshot_run(dataset, task, method, int(step))
+        inputs = {**self.dataset_inputs(dataset), **self.imagenet_weights(dataset)}
+        source = self.pseudo_source(method)
+        if source:
+            inputs["pseudo_labels"] = paths.pseudo_dir(dataset, task, source)
+        return inputs
+
+    def weakshot_sets(self, dataset, task, method, step) -> str:
+        """`--set` pairs of a weak-shot run, from the wildcards and the config only."""
+        fragment = self.weakshot_run(dataset, task, method, int(step))
+        fixed = {"dataset": dataset, "task": task, "step": 1, **self.method_keys(method),
+                 "data.protocol": paths.WEAKSHOT, **self.dataset_keys(dataset, 1)}
+        weights = self.imagenet_weights(dataset)
+        if weights:
+            fixed["model.pretrained"] = weights["weights"]
+        source = self.pseudo_source(method)
+        if source:
+            fixed["data.train_labels"] = paths.pseudo_dir(dataset, task, source)
+        return set_args(fixed, fragment)
+
+    def pseudo_inputs(self, dataset, task, method) -> dict:
+        """The weak-shot run's model and the data it labels."""
+        self.weakshot_run(dataset, task, method, 1)
+        return {"model": f"{paths.weakshot_dir(dataset, task, method)}/model.pt",
+                **self.dataset_inputs(dataset)}
+
+    def pseudo_sets(self, dataset, task, method) -> str:
+        """`ifss pseudo-labels --set` pairs: where the data is (the rest is the model's)."""
+        self.weakshot_run(dataset, task, method, 1)
+        return set_pairs(self.dataset_keys(dataset, 1).items())
 
     # ------------------------------------------------------------- episodic evaluations
 
@@ -358,6 +448,8 @@ class Matrix:
                     "protocols": list(dict.fromkeys(protocols))}
             if table.get("extra_tests"):  # only then: an older table's spec stays as it was
                 spec["extra_tests"] = table["extra_tests"]
+            if targets.is_weakshot(table):  # only then, too
+                spec["metrics"] = table["metrics"]
             return spec
         if table.get("delta"):  # only then: an older table's spec stays as it was
             spec["delta"] = table["delta"]

@@ -4,6 +4,9 @@
                step k  results/runs/{dataset}/{task}/{method}/s{nshot}-i{ishot}/step{k}/
     continual  step 0  results/runs/{dataset}/{task}/{protocol}/step0/{base}/
                step k  results/runs/{dataset}/{task}/{protocol}/{method}/step{k}/
+    weak-shot  step 1  results/runs/{dataset}/{task}/weakshot/{method}/step1/
+               (no step 0: trained from ImageNet weights; its pseudo labels of the train set,
+               `ifss pseudo-labels`, in results/pseudo/{dataset}/{task}/{method}/)
     episodic           results/runs/{dataset}/{task}/episodic/{backbone}/s{nshot}/{head}/
                (the evaluation of the few-shot step-0 run of `backbone` on the fold `task`;
                head: binary | generalized-g{gamma}, see `episodic_head`)
@@ -21,6 +24,7 @@ for its default run folder, so the three never disagree.
 from __future__ import annotations
 
 RUNS = "results/runs"
+PSEUDO = "results/pseudo"
 TABLES = "results/tables"
 FIGURES = "results/figures"
 SPLITS = "resources/splits"
@@ -42,6 +46,11 @@ CONTINUAL = ("disjoint", "overlap", "sequential")
 STEP0_PROTOCOL = {"disjoint": "disjoint", "overlap": "overlap", "sequential": "disjoint"}
 
 
+# The weak-shot protocol (SimFormer): step 1 of a two-step task, in the continual layout with
+# protocol `weakshot`, and no step-0 run.
+WEAKSHOT = "weakshot"
+
+
 def continual_step0_dir(dataset, task, protocol, base) -> str:
     """The step-0 run of `base` on `task` under a continual protocol (`protocol` is the step-0
     protocol: disjoint or overlap; see STEP0_PROTOCOL)."""
@@ -51,6 +60,17 @@ def continual_step0_dir(dataset, task, protocol, base) -> str:
 def continual_step_dir(dataset, task, protocol, method, step) -> str:
     """Continual step `step` >= 1 of one run (every train image with a class of the step)."""
     return f"{RUNS}/{dataset}/{task}/{protocol}/{method}/step{step}"
+
+
+def weakshot_dir(dataset, task, method, step=1) -> str:
+    """A weak-shot run (step 1 of a two-step task; `method`: the configured name)."""
+    return continual_step_dir(dataset, task, WEAKSHOT, method, step)
+
+
+def pseudo_dir(dataset, task, method) -> str:
+    """The pseudo labels of the train set (`ifss pseudo-labels`: {image_id}.png and
+    manifest.json) made by the weak-shot run of `method` on `task`."""
+    return f"{PSEUDO}/{dataset}/{task}/{method}"
 
 
 def episodic_head(head: str, gamma: float = 0.0) -> str:
@@ -66,7 +86,10 @@ def episodic_dir(dataset, task, backbone, nshot, head) -> str:
 
 
 def run_dir(dataset, task, method, step, nshot, ishot, protocol="fewshot") -> str:
-    """The folder of any step of either kind (step 0 of sequential: disjoint's)."""
+    """The folder of any step of any kind (step 0 of sequential: disjoint's; a weak-shot run has
+    only its step 1)."""
+    if protocol == WEAKSHOT:
+        return weakshot_dir(dataset, task, method, step)
     if protocol != "fewshot":
         if int(step) == 0:
             return continual_step0_dir(dataset, task, STEP0_PROTOCOL[protocol], method)

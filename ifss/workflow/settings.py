@@ -11,11 +11,12 @@ method's settings changes no other run's arguments (its variants' excepted).
     few-shot step k >= 1     datasets.D.SS | MS           fewshot    (SS: single-step task)
     continual step 0         datasets.D.continual_step0   step0
     continual step k >= 1    datasets.D.continual         continual
+    weak-shot step 1         datasets.D.weakshot          weakshot
 
 An override's `when` is matched against the run's dataset, task, method (a variant: both names),
 stage, protocol (fewshot for few-shot runs; a continual step 0 is disjoint's or overlap's, the
-one sequential runs start from being disjoint's), setting (SS | MS, few-shot steps only), nshot
-and ishot (few-shot steps only) and step.
+one sequential runs start from being disjoint's; weakshot for weak-shot runs), setting (SS | MS,
+few-shot steps only), nshot and ishot (few-shot steps only) and step.
 
 The `--set` strings are Snakemake params: a job reruns when they change, so the rendering of a
 value must stay byte-for-byte the same from one version to the next.
@@ -30,10 +31,10 @@ import yaml
 
 from ifss.config import merge
 
-STAGES = ("step0", "fewshot", "continual")  # the method sections (methods.M.<stage>)
+STAGES = ("step0", "fewshot", "continual", "weakshot")  # the method sections (methods.M.<stage>)
 SETTINGS = ("SS", "MS")  # few-shot steps of single-step and of multi-step tasks
 # The dataset sections: every kind of run reads one (dataset_part)
-PARTS = ("step0", *SETTINGS, "continual_step0", "continual", "episodic")
+PARTS = ("step0", *SETTINGS, "continual_step0", "continual", "weakshot", "episodic")
 
 
 def as_list(value) -> list:
@@ -77,7 +78,7 @@ def dataset_part(stage: str, setting=None, protocol: str = "fewshot") -> str:
     """The datasets.D section a run reads (see the table above)."""
     if stage == "step0":
         return "step0" if protocol == "fewshot" else "continual_step0"
-    return "continual" if stage == "continual" else setting
+    return stage if stage in ("continual", "weakshot") else setting
 
 
 def run_context(methods: dict, dataset, task, method, stage, setting=None, nshot=None,
@@ -97,7 +98,8 @@ def override_layers(cfg: dict, context: dict) -> list[tuple[str, dict]]:
 def run_layers(cfg: dict, dataset, task, method, stage, setting=None, nshot=None, ishot=None,
                step=0, protocol="fewshot") -> list[tuple[str, dict]]:
     """(where, fragment) of every section one run reads, in the order they are merged.
-    `protocol`: fewshot, or a continual run's (its step-0 protocol for a step-0 run)."""
+    `protocol`: fewshot, a continual run's (its step-0 protocol for a step-0 run), or weakshot
+    (stage weakshot)."""
     ds = cfg["datasets"][dataset]
     part = dataset_part(stage, setting, protocol)
     layers = [("run", cfg["run"]), (f"datasets.{dataset}.run", ds["run"]),

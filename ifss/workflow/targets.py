@@ -2,17 +2,17 @@
 list; and which task's step-0 run a task reuses.
 
 Tables and figures have a `kind` (filled in by the schema): few-shot tables (the default; runs
-per shot and split), continual tables (runs per protocol) and episodic tables (episodic
-evaluations of step-0 runs, per fold, shot and head); comparison figures (the default;
-qualitative masks and t-SNE of compared models) and per_step figures (mIoU after each step of a
-continual task)."""
+per shot and split), continual tables (runs per protocol; with protocols [weakshot], weak-shot
+tables: step 1 of two-step tasks) and episodic tables (episodic evaluations of step-0 runs, per
+fold, shot and head); comparison figures (the default; qualitative masks and t-SNE of compared
+models) and per_step figures (mIoU after each step of a continual task)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from ifss.tasks import get_task, task_names
-from ifss.workflow.paths import (continual_step_dir, episodic_dir, episodic_head, figure_files,
-                                 step_dir, table_files)
+from ifss.workflow.paths import (WEAKSHOT, continual_step_dir, episodic_dir, episodic_head,
+                                 figure_files, step_dir, table_files)
 
 Registered = Callable[[str], bool]  # is a configured name's method registered?
 
@@ -20,6 +20,19 @@ Registered = Callable[[str], bool]  # is a configured name's method registered?
 def is_continual(spec: dict) -> bool:
     """A continual table or a per_step figure (runs of the continual protocols)."""
     return spec.get("kind") in ("continual", "per_step")
+
+
+def all_protocols(table: dict) -> list[str]:
+    """Every protocol of a continual table, in order (each once)."""
+    protocols = table["protocols"]
+    if isinstance(protocols, dict):
+        protocols = [p for each in protocols.values() for p in each]
+    return list(dict.fromkeys(protocols))
+
+
+def is_weakshot(spec: dict) -> bool:
+    """A weak-shot table: a continual table with protocol weakshot."""
+    return spec.get("kind") == "continual" and WEAKSHOT in all_protocols(spec)
 
 
 def step0_task(dataset: str, task: str) -> str:

@@ -1,6 +1,6 @@
 """Rule `table`: metrics.json files -> results/tables/<name>{.csv,.md,_runs.csv,_per_class.csv}
-(a few-shot table: ifss.results; kind continual: ifss.continual_results; kind episodic:
-ifss.episodic_results)."""
+(a few-shot table: ifss.results; kind continual, weak-shot tables included:
+ifss.continual_results; kind episodic: ifss.episodic_results)."""
 import logging
 
 from ifss.continual_results import write_continual_tables
@@ -19,7 +19,8 @@ try:
     elif spec.get("kind") == "continual":
         summary = write_continual_tables(*files, methods=spec["methods"], tasks=spec["tasks"],
                                          protocols=spec["protocols"], title=spec["title"],
-                                         extra_tests=spec.get("extra_tests"))
+                                         extra_tests=spec.get("extra_tests"),
+                                         weakshot_metrics=spec.get("metrics"))
     else:
         summary = write_tables(*files, methods=spec["methods"], shots=spec["shots"],
                                title=spec["title"], delta=spec.get("delta"))
