@@ -15,7 +15,7 @@ column per (split, metric) to every task and protocol, named `<split> <metric>` 
 A weak-shot table (protocol `weakshot`: SimFormer's step 1 of a two-step task, base classes
 learned from pixel labels, novel classes from image labels only) reads the same files but its
 columns are, per task, the chosen `weakshot_metrics` of the record's `weakshot` entry (SimFormer's
-metrics, background left out): base, novel, all (mIoU of the base, novel and all classes), hm
+metrics; background left out on COCO-Stuff-10K and ADE20K): base, novel, all (mIoU of the base, novel and all classes), hm
 (their harmonic mean), fwiou (frequency-weighted IoU), macc / pacc (mean class / pixel accuracy),
 macc_base, macc_novel; its runs table adds them as `weakshot_<metric>` and its per-class table
 holds SimFormer's per-class IoU and accuracy.
@@ -195,9 +195,10 @@ def continual_markdown(summary: pd.DataFrame, title: str = "") -> str:
 
 
 WEAKSHOT_NOTE = (
-    "Weak-shot columns (protocol weakshot): step 1 trained from ImageNet weights, the base classes "
+    "Weak-shot columns (protocol weakshot): step 1 trained without a step-0 run, the base classes "
     "with pixel labels and the novel classes with image labels only; SimFormer's metrics in "
-    "percent on every validation image, background left out:")
+    "percent on every validation image (background left out where the dataset has none to "
+    "label: COCO-Stuff-10K, ADE20K):")
 WEAKSHOT_NAMES = {
     "base": "base = mIoU of the base classes", "novel": "novel = mIoU of the novel classes",
     "all": "all = mIoU of all classes", "hm": "hm = harmonic mean of base and novel",

@@ -22,6 +22,7 @@ from ifss.methods.registry import METHODS
 
 FIXED = ("step_overhead", "checkpoint_overhead", "eval_throughput", "loader_vs_train",
          "memory.train_step", "memory.mclos_banks", "workflow.total",
+         "simformer.matching_share", "simformer.crosim_over_seg",
          *throughput.PRECISION_FIGURES)
 FIGURE_KEYS = {"value", "unit", "target", "met", "note", "description", "sizes", "warmup",
                "repeats", "details"}
@@ -84,6 +85,9 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
         assert figures["memory.mclos_banks"]["value"] > 0
     assert figures["workflow.total"]["value"] is None  # not run with --quick, said why
     assert "--quick" in figures["workflow.total"]["note"]
+    for name, bound in (("simformer.matching_share", 0.10), ("simformer.crosim_over_seg", 1.5)):
+        assert figures[name]["value"] > 0 and figures[name]["target"]["value"] == bound, name
+    assert figures["simformer.matching_share"]["sizes"]["queries"] == 100
 
 
 def test_cuda_section_is_null_with_reason_on_cpu(quick):

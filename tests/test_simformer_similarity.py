@@ -31,6 +31,27 @@ def test_simnet_maps_pair_grids_to_two_logits_and_checks_its_width():
         net(torch.randn(7, 6))
 
 
+def test_simnet_grids_equal_forward_on_the_built_grids():
+    """The factorised first layer gives forward's logits (training-mode BatchNorm over all the
+    pairs of all the grids at once) and the same gradients."""
+    torch.manual_seed(0)
+    embeddings = [(torch.randn(5, 4, requires_grad=True), torch.randn(3, 4)),
+                  (torch.randn(2, 4), torch.randn(6, 4, requires_grad=True))]
+    net = SimNet(dim=4)
+    built = torch.cat([grid_pairs(a, b).reshape(-1, 8) for a, b in embeddings])
+    expected = net(built)
+    got = net.grids(embeddings)
+    assert got.shape == (5 * 3 + 2 * 6, 2)
+    assert torch.allclose(got, expected, atol=1e-5)
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), embeddings[0][0])
+    (g_got,) = torch.autograd.grad(got.square().sum(), embeddings[0][0])
+    assert torch.allclose(g_got, g_expected, atol=1e-5)
+    assert net.grids([]).shape == (0, 2)
+    assert net.grids([(torch.zeros(0, 4), torch.randn(3, 4))]).shape == (0, 2)
+    with pytest.raises(IfssError, match="dim"):
+        net.grids([(torch.randn(2, 3), torch.randn(2, 3))])
+
+
 def _zero(layer):
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)

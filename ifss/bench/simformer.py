@@ -22,6 +22,7 @@ import torch
 from ifss.bench.context import Context, cpu_ratio
 from ifss.bench.report import figure
 from ifss.bench.timing import interleaved, ratio, synchronize
+from ifss.data.incremental import IGNORE
 
 MATCHING_TARGET = ("<=", 0.10)
 CROSIM_TARGET = ("<=", 1.5)
@@ -39,7 +40,7 @@ def weakshot_batch(size: int, device: torch.device, seed: int = 0) -> dict:
     label[:, :half, :half] = BASE_CLASSES[0]
     label[0, :half, half:] = BASE_CLASSES[1]
     label[1, :half, half:] = BASE_CLASSES[2]
-    label[:, half:, half:] = 255  # the novel class's pixels: void in a weak-shot label
+    label[:, half:, half:] = IGNORE  # the novel class's pixels: void in a weak-shot label
     image_labels = torch.zeros(2, 21)
     image_labels[:, [0, BASE_CLASSES[0], NOVEL_CLASS]] = 1
     image_labels[0, BASE_CLASSES[1]] = 1

@@ -45,7 +45,7 @@ from ifss.errors import IfssError
 from ifss.methods.base import Method
 from ifss.methods.params import SimFormerParams
 from ifss.simformer.mask_losses import count_masks, deep_supervision, simformer_losses
-from ifss.simformer.similarity import (BalancedBCE, SimNet, distill_cce, distill_ce, grid_pairs,
+from ifss.simformer.similarity import (BalancedBCE, SimNet, distill_cce, distill_ce,
                                        novel_scores, same_probability, sample_at,
                                        sample_base_points, sample_distill_points,
                                        student_similarity)
@@ -184,11 +184,11 @@ class SimFormer(Method):
                 labels[a], labels[b], range(self.num_base), p.sim_points,
                 p.sim_common_fraction, g)
             if targets.numel():
-                grids.append(self._pair_grid(features, a, b, points_a, points_b, size))
+                grids.append(self._embeddings(features, a, b, points_a, points_b, size))
                 same.append(targets.reshape(-1))
         sim_base = zero
         if grids:
-            logits = self.simnet(torch.cat(grids))
+            logits = self.simnet.grids(grids)
             sim_base = self.balanced_bce(logits, torch.cat(same).to(logits.device))
 
         novel = range(self.num_base, self.num_classes)
@@ -211,8 +211,8 @@ class SimFormer(Method):
                 students.append(student_similarity(sample_at(scores[a], points_a, size),
                                                    sample_at(scores[b], points_b, size)))
                 with torch.no_grad():
-                    grid = self._pair_grid(features, a, b, points_a, points_b, size)
-                    teachers.append(same_probability(self.simnet(grid)))
+                    teachers.append(same_probability(self.simnet.grids(
+                        [self._embeddings(features, a, b, points_a, points_b, size)])))
         sim_distill = zero
         if students:
             sim_distill = DISTILL[p.distill](torch.cat([s.reshape(-1) for s in students]),
@@ -221,12 +221,13 @@ class SimFormer(Method):
                 "sim_distill": p.distill_weight * sim_distill}
 
     @staticmethod
-    def _pair_grid(features: torch.Tensor, a: int, b: int, points_a: torch.Tensor,
-                   points_b: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Detached embeddings of a's points against b's: (n_a·n_b) x 2D rows for SimNet."""
-        e_a = sample_at(features[a].detach().float(), points_a, size)
-        e_b = sample_at(features[b].detach().float(), points_b, size)
-        return grid_pairs(e_a, e_b).reshape(-1, 2 * e_a.shape[-1])
+    def _embeddings(features: torch.Tensor, a: int, b: int, points_a: torch.Tensor,
+                    points_b: torch.Tensor, size: tuple[int, int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached embeddings of a's points and of b's (n_a x D, n_b x D): SimNet's grid pairs
+        (`SimNet.grids`)."""
+        return (sample_at(features[a].detach().float(), points_a, size),
+                sample_at(features[b].detach().float(), points_b, size))
 
     # -- resume ---------------------------------------------------------------------------------
 

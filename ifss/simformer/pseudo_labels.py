@@ -48,12 +48,12 @@ import torch
 from PIL import Image
 
 from ifss.atomic import os_error_message
+from ifss.data.incremental import IGNORE
 from ifss.errors import IfssError
 
 log = logging.getLogger("ifss")
 MANIFEST = "manifest.json"
 FORMAT = 1
-IGNORE = 255
 
 
 def _rerun(folder) -> str:

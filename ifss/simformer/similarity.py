@@ -71,10 +71,32 @@ class SimNet(nn.Module):
         x = pairs.reshape(-1, pairs.shape[-1])
         if x.shape[0] == 0:  # an image without points: no pairs (BatchNorm1d needs rows)
             return pairs.new_zeros(*lead, 2)
-        h = F.relu(self.bn1(self.fc1(x)))
+        return self._after_fc1(self.fc1(x)).reshape(*lead, 2)
+
+    def grids(self, embeddings: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The logits of every grid pair of each (a, b) in `embeddings` (n_a x D, n_b x D), as
+        `forward(cat of grid_pairs(a, b) rows)` gives them (one BatchNorm batch), in that order:
+        (Σ n_a·n_b) x 2. The grid is never built: fc1 of [a_i, b_j] is W_a·a_i + W_b·b_j + bias,
+        so fc1 runs on n_a + n_b rows instead of n_a·n_b."""
+        w_a, w_b = self.fc1.weight[:, :self.dim], self.fc1.weight[:, self.dim:]
+        rows = []
+        for a, b in embeddings:
+            if a.shape[-1] != self.dim or b.shape[-1] != self.dim:
+                raise IfssError(f"SimNet(dim={self.dim}) takes embeddings of {self.dim} "
+                                f"channels, got {a.shape[-1]} and {b.shape[-1]}; set its dim to "
+                                "the mask features' channels")
+            pre = (a @ w_a.t())[:, None] + (b @ w_b.t() + self.fc1.bias)[None]
+            rows.append(pre.reshape(-1, self.dim))
+        pre = torch.cat(rows) if rows else self.fc1.weight.new_zeros(0, self.dim)
+        if pre.shape[0] == 0:
+            return pre.new_zeros(0, 2)
+        return self._after_fc1(pre)
+
+    def _after_fc1(self, pre: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(pre))
         h = h + F.relu(self.bn2(self.fc2(h)))
         h = h + F.relu(self.bn3(self.fc3(h)))
-        return self.head(h).reshape(*lead, 2)
+        return self.head(h)
 
 
 def same_probability(logits: torch.Tensor) -> torch.Tensor:
