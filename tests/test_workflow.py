@@ -612,7 +612,8 @@ def test_e2e_weakshot_chain(e2e):
     assert manifest["task"] == "15-5" and len(manifest["images"]) == len(
         list(pseudo.glob("*.png")))
     retrained = json.loads((runs / "SimFormer-RT" / "step1" / "metrics.json").read_text())
-    assert retrained["config"]["data"]["train_labels"] == "results/pseudo/synthetic/15-5/SimFormer-sim"
+    labels = retrained["config"]["data"]["train_labels"]
+    assert labels == "results/pseudo/synthetic/15-5/SimFormer-sim"
     assert retrained["config"]["params"]["retrain"] is True and "weakshot" in retrained
     summary = pd.read_csv(workdir / "results" / "tables" / "e2e_weakshot.csv").set_index("method")
     assert list(summary.index) == ["SimFormer-sim", "SimFormer-RT"]

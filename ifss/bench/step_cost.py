@@ -82,6 +82,12 @@ def _state_mib(*states) -> float:
 
 # --- 2. method overhead ------------------------------------------------------------------------
 
+def _method_info(name: str):
+    from ifss.methods.registry import method_info
+
+    return method_info(name)
+
+
 def _registry_methods() -> list[str]:
     from ifss.methods.registry import METHODS
 
@@ -114,6 +120,10 @@ def method_overhead(ctx: Context) -> dict:
             continue
         if name not in registry:
             table[name] = {"trains": None, "note": f"{name} is not in the method registry yet"}
+            continue
+        if _method_info(name).weakshot:  # own model and data, no FT reference
+            table[name] = {"trains": None, "note": f"{name} is a weak-shot method (its own "
+                           "mask-transformer, no step-0 run): see the simformer section"}
             continue
         ctx.log(f"  method {name}: setting up")
         try:
