@@ -35,7 +35,7 @@ from ifss.data.batches import ResumableBatches
 from ifss.data.segmentation import SegmentationSet, pad_collate
 from ifss.distributed import Runtime
 from ifss.errors import IfssError
-from ifss.metrics import ConfusionMatrix, summarize
+from ifss.metrics import ConfusionMatrix, predicted_classes, summarize
 from ifss.models.state_fit import state_misfit
 
 log = logging.getLogger("ifss")
@@ -374,7 +374,7 @@ def evaluate_dense(
         batch = to_device(batch, runtime)
         with runtime.autocast():
             logits = model(batch["image"])["logits"]
-        matrix.update(logits.argmax(1), batch["label"])
+        matrix.update(predicted_classes(logits), batch["label"])
     matrix.all_reduce()
     summary = summarize(matrix.mat, num_base)
     return (summary, matrix.mat) if return_matrix else summary

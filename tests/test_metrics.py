@@ -4,7 +4,8 @@ import torch
 import numpy as np
 
 from ifss.metrics import (
-    ConfusionMatrix, accuracy_per_class, harmonic_mean, iou_per_class, summarize, weakshot_summary,
+    ConfusionMatrix, accuracy_per_class, harmonic_mean, iou_per_class, predicted_classes, summarize,
+    weakshot_summary,
 )
 
 
@@ -133,3 +134,13 @@ def test_weakshot_summary_refuses_overlapping_or_outside_classes():
         weakshot_summary(WEAKSHOT, base=[1], novel=[6])
     empty = weakshot_summary(torch.zeros(3, 3, dtype=torch.int64), base=[1], novel=[2])
     assert empty["pacc"] is None and empty["fwiou"] is None and empty["miou_all"] is None
+
+
+def test_predicted_classes_is_argmax_with_its_tie_rule():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 21, 17, 19)
+    assert torch.equal(predicted_classes(logits), logits.argmax(1))
+    tied = torch.zeros(1, 4, 2, 2)
+    tied[0, 1:3] = 1.0  # classes 1 and 2 share the maximum everywhere: the first wins
+    assert torch.equal(predicted_classes(tied), torch.ones(1, 2, 2, dtype=torch.long))
+    assert torch.equal(predicted_classes(tied), tied.argmax(1))

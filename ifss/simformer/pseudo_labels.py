@@ -50,6 +50,7 @@ from PIL import Image
 from ifss.atomic import os_error_message
 from ifss.data.incremental import IGNORE
 from ifss.errors import IfssError
+from ifss.metrics import predicted_classes
 
 log = logging.getLogger("ifss")
 MANIFEST = "manifest.json"
@@ -205,7 +206,7 @@ def _predict_into(model, data, folder: Path, runtime, batch_size: int, workers: 
         if logits.shape[-2:] != images.shape[-2:]:
             logits = torch.nn.functional.interpolate(logits.float(), size=images.shape[-2:],
                                                      mode="bilinear", align_corners=False)
-        predictions = logits.argmax(1).cpu().numpy()
+        predictions = predicted_classes(logits).cpu().numpy()
         labels = batch["label"].numpy()
         for k, (index, (h, w)) in enumerate(zip(batch["index"].tolist(), sizes)):
             image_id = ids[index]
