@@ -16,13 +16,6 @@ from typing import Sequence
 import torch
 
 IGNORE = 255
-# Label spaces whose background 0 SimFormer's weak-shot numbers do not count: COCO-Stuff-10K's
-# label files never hold 0 (its stuff classes cover what is not a thing; ifss's class 0 is only
-# the place every task keeps for background), and ADE20K's 0 ("other") is void in SimFormer's
-# data (MaskFormer's preparation) although ifss keeps it as background. Every other label space
-# (VOC, the synthetic benchmark) has a real background class, counted among the base classes.
-# A fact about the datasets: it belongs in their records (ifss.data.records) once they say it.
-WEAKSHOT_NO_BACKGROUND = frozenset({"cocostuff10k", "ade"})
 
 
 def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
@@ -97,10 +90,12 @@ def accuracy_per_class(mat: torch.Tensor) -> list[float | None]:
 
 def weakshot_classes(task) -> tuple[list[int], list[int]]:
     """(base, novel) class positions of step 1 of weak-shot `task` (an ifss.tasks.Task) for
-    `weakshot_summary`: base = the step-0 positions, background 0 left out for the label spaces
-    of WEAKSHOT_NO_BACKGROUND (COCO-Stuff-10K, ADE20K: SimFormer's convention) and kept for the
-    others (the synthetic benchmark, VOC); novel = the step-1 positions."""
-    first = 1 if task.label_space in WEAKSHOT_NO_BACKGROUND else 0
+    `weakshot_summary`: base = the step-0 positions, background 0 left out where the label
+    space's record says so (`weakshot_background`: COCO-Stuff-10K, ADE20K, SimFormer's
+    convention) and kept elsewhere (the synthetic benchmark, VOC); novel = the step-1 positions."""
+    from ifss.data.records import get_dataset
+
+    first = 0 if get_dataset(task.label_space).weakshot_background else 1
     return list(range(first, task.num_base)), list(range(task.num_base, len(task.order(1))))
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ifss.bench.context import Context, cpu_ratio
 from ifss.bench.report import figure
-from ifss.bench.timing import interleaved, ratio, synchronize
+from ifss.bench.timing import interleaved, median, ratio, synchronize
 from ifss.data.incremental import IGNORE
 
 MATCHING_TARGET = ("<=", 0.10)
@@ -137,24 +137,20 @@ def simformer(ctx: Context) -> dict:
     batch = weakshot_batch(s.crop, device)
     seg, crosim = SimFormerStep(ctx, crosim=False), SimFormerStep(ctx, crosim=True)
     n = s.method_iterations
-    matching: list[float] = []
-    step_seconds: list[float] = []
+    shares: list[float] = []  # per call: seconds in matching / seconds of the steps
 
     def seg_step() -> float:
-        before = len(matching)
-        with timed_matching(device, matching):
+        spent: list[float] = []
+        with timed_matching(device, spent):
             seconds = seg.seconds(batch, n)
-        step_seconds.append(seconds)
-        # keep only this repeat's share (warm-up calls are dropped below with their steps)
-        matching[before:] = [sum(matching[before:]) / n]
+        shares.append(sum(spent) / n / seconds)
         return seconds
 
     samples = interleaved({"seg": seg_step, "crosim": lambda: crosim.seconds(batch, n)},
                           s.method_warmup, s.method_repeats)
     seg_s, crosim_s = samples.median("seg"), samples.median("crosim")
-    timed = list(zip(step_seconds, matching))[s.method_warmup:]
-    shares = sorted(m / t for t, m in timed if t)
-    share = shares[len(shares) // 2] if shares else None
+    timed = shares[s.method_warmup:]  # the warm-up calls' shares dropped
+    share = median(timed)
     model = run_config(ctx, False).model
     sizes = ctx.model_sizes(arch="maskformer", backbone=model.backbone, queries=QUERIES,
                             decoder_layers=6, head_channels=model.head_channels, batch=2,
@@ -166,9 +162,7 @@ def simformer(ctx: Context) -> dict:
             description="seconds in the Hungarian matching (cost matrices and scipy's "
                         "assignment, every deep-supervision output) / seconds of the whole "
                         "seg-stage training step, 100 queries, one image pair",
-            details={"seg_step_s": seg_s,
-                     "matching_s_per_step": [m for _, m in timed],
-                     "shares": shares}),
+            details={"seg_step_s": seg_s, "shares": timed}),
         "simformer.crosim_over_seg": figure(
             ratio(crosim_s, seg_s), "ratio", target=CROSIM_TARGET, **common,
             description="seconds of a similarity-stage step (+ SimNet, balanced BCE, "

@@ -82,12 +82,6 @@ def _state_mib(*states) -> float:
 
 # --- 2. method overhead ------------------------------------------------------------------------
 
-def _method_info(name: str):
-    from ifss.methods.registry import method_info
-
-    return method_info(name)
-
-
 def _registry_methods() -> list[str]:
     from ifss.methods.registry import METHODS
 
@@ -115,13 +109,16 @@ def method_overhead(ctx: Context) -> dict:
     table["FT"] = {"trains": True, "prepare_s": ctx.ft.prepare_s, "note": None,
                    "carried_state": ctx.ft.carried_state}
     registry = set(_registry_methods())
+    from ifss.methods.registry import weakshot_methods
+
+    weakshot = set(weakshot_methods())
     for name in names:
         if name == "FT":
             continue
         if name not in registry:
             table[name] = {"trains": None, "note": f"{name} is not in the method registry yet"}
             continue
-        if _method_info(name).weakshot:  # own model and data, no FT reference
+        if name in weakshot:  # its own model and data: FT's step 1 is no reference
             table[name] = {"trains": None, "note": f"{name} is a weak-shot method (its own "
                            "mask-transformer, no step-0 run): see the simformer section"}
             continue

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ifss.data.prepare_files import (
-    MARKER, find_folder, link_or_copy, progress, write_lines, write_text_atomic,
+    MARKER, find_folder, link_or_copy, progress, read_record, write_lines, write_text_atomic,
 )
 from ifss.data.records import get_dataset
 from ifss.errors import IfssError, unknown
@@ -189,14 +189,6 @@ def _has_suffix(files: list[str], suffix: str) -> bool:
 LABEL_RECORD = "annotations/.ifss-labels.json"  # which source wrote the labels; complete last
 
 
-def _read_record(path: Path) -> dict | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def _has_labels(out: Path) -> bool:
     return any(next((out / "annotations" / folder).glob("*.png"), None) is not None
                for folder in COCO_SPLITS.values() if (out / "annotations" / folder).is_dir())
@@ -212,7 +204,7 @@ def _check_label_source(out: Path, source: str) -> None:
     explicit step.
     """
     # labels of a download interrupted before this record existed: its marker names the source
-    record = _read_record(out / LABEL_RECORD) or _read_record(out / MARKER)
+    record = read_record(out / LABEL_RECORD) or read_record(out / MARKER)
     had = record.get("source") if record else None
     if had == source or not _has_labels(out):
         return

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ifss.data.layout import Layout, layout_for
-from ifss.data.prepare_files import MARKER, progress, write_lines, write_text_atomic
+from ifss.data.prepare_files import (MARKER, progress, read_record, write_lines,
+                                     write_text_atomic)
 from ifss.data.records import get_dataset
 from ifss.data.records.coco_voc import COCO_VOC_INPUTS, VOC_TO_COCO
 from ifss.errors import IfssError
@@ -95,14 +96,6 @@ def _input_layout(role: str, root: Path) -> Layout:
     return layout
 
 
-def _read_marker(path: Path) -> dict | None:
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # writing
 
@@ -160,7 +153,7 @@ def build_coco_voc(coco: Path | str, voc: Path | str, out: Path | str,
         raise IfssError(f"--out {out} is the COCO or VOC folder itself; give the coco-voc "
                         "layout a folder of its own, such as DIR/coco-voc")
     marker = out / MARKER
-    state = _read_marker(marker) if marker.is_file() else None
+    state = read_record(marker) if marker.is_file() else None
     if state is not None and state.get("dataset") != NAME:
         raise IfssError(f"{out} holds the prepared dataset {state.get('dataset')!r}; give the "
                         "coco-voc layout a folder of its own, such as DIR/coco-voc")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ifss.data.prepare_files import find_folder, link_or_copy, progress, write_lines
+from ifss.data.prepare_files import find_folder, link_or_copy, progress, read_ids, write_lines
 from ifss.data.records import get_dataset
 from ifss.data.records.cocostuff10k import COCOSTUFF10K_SOURCE_IDS
 from ifss.errors import IfssError
@@ -80,15 +80,7 @@ def cocostuff_label(S: np.ndarray) -> np.ndarray:
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise IfssError(f"The COCO-Stuff-10K list {path} is missing; {_AGAIN}.")
-    ids, seen = [], set()
-    for line in path.read_text().splitlines():
-        image_id = line.strip()
-        if image_id and image_id not in seen:
-            seen.add(image_id)
-            ids.append(image_id)
-    if not ids:
-        raise IfssError(f"The COCO-Stuff-10K list {path} is empty; {_AGAIN}.")
-    return ids
+    return read_ids(path, _AGAIN)
 
 
 def _check_files(base: Path, split_ids: dict[str, list[str]]) -> None:

@@ -46,7 +46,8 @@ from ifss.data.coco_labels import (
     COCO_STUFF_TO_OBJECT, coco_instance_label, prepare_coco, stuff_to_object_labels,
 )
 from ifss.data.prepare_files import (
-    MARKER, find_folder, link_or_copy, progress, write_lines, write_text_atomic,
+    MARKER, find_folder, link_or_copy, progress, read_ids, read_record, write_lines,
+    write_text_atomic,
 )
 from ifss.data.records import get_dataset
 from ifss.download import download_file, file_hash, mirrored_url, safe_extract
@@ -64,26 +65,6 @@ class UnverifiedDownloadWarning(UserWarning):
 
 # ---------------------------------------------------------------------------------------------
 # VOC
-
-
-def _read_ids(path: Path) -> list[str]:
-    """Image ids of a list file: one per line, either a bare id or '/JPEGImages/<id>.jpg ...'."""
-    ids, seen = [], set()
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise IfssError(f"Cannot read the image list {path} ({e}); extract it again.") from e
-    for line in lines:
-        fields = line.split()
-        if not fields:
-            continue
-        image_id = Path(fields[0]).stem
-        if image_id and image_id not in seen:
-            seen.add(image_id)
-            ids.append(image_id)
-    if not ids:
-        raise IfssError(f"The image list {path} is empty; extract it again.")
-    return ids
 
 
 def prepare_voc(raw_dir: Path | str, out: Path | str, source: str | None = None,
@@ -114,9 +95,9 @@ def prepare_voc(raw_dir: Path | str, out: Path | str, source: str | None = None,
     if not val_list.is_file():
         raise IfssError(f"{val_list} is missing; extract VOCtrainval_11-May-2012.tar again.")
 
-    val_ids = _read_ids(val_list)
+    val_ids = read_ids(val_list)
     val_set = set(val_ids)
-    train_ids = [i for i in _read_ids(train_list) if i not in val_set]
+    train_ids = [i for i in read_ids(train_list) if i not in val_set]
 
     (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (out / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
@@ -142,13 +123,6 @@ def prepare_voc(raw_dir: Path | str, out: Path | str, source: str | None = None,
 
 # ---------------------------------------------------------------------------------------------
 # download + extract + prepare
-
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _preparer(spec: str) -> Callable[..., Path]:
@@ -178,7 +152,7 @@ def fetch_dataset(name: str, root: Path | str, mirror: str | None = None,
     root = Path(root)
     out = root / name
     marker = out / MARKER
-    state = _read_marker(marker) if marker.is_file() else None
+    state = read_record(marker) if marker.is_file() else None
     if state is not None:
         if state.get("source") != source:
             raise IfssError(f"{out} holds {name} labels from {state.get('source')!r}, not "

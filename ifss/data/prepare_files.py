@@ -5,12 +5,15 @@
     write_text_atomic(path, text)       write under a temporary name, then rename
     write_lines(path, ids)              an id list, one a line, atomically
     progress(items, total, desc)        a tqdm bar on a terminal, else the items unchanged
+    read_record(path)                   a JSON object written by a preparer, None if unreadable
+    read_ids(path, fix)                 the image ids of a list file, in order, without repeats
     MARKER                              the name of `fetch_dataset`'s record of a dataset folder
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sys
@@ -20,6 +23,31 @@ from typing import Callable, Iterable
 from ifss.errors import IfssError
 
 MARKER = ".ifss-prepared.json"  # `fetch_dataset`'s record in a prepared dataset folder
+
+
+def read_record(path: Path) -> dict | None:
+    """The JSON object at `path` (a marker or label record), None when it is missing, unreadable
+    or not an object: the caller then treats the folder as not prepared."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_ids(path: Path, fix: str = "extract it again") -> list[str]:
+    """Image ids of a list file, in order, each once: one per line, either a bare id or
+    '/JPEGImages/<id>.jpg ...' (VOC's lists); `fix` ends the error of an unreadable or empty
+    list."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IfssError(f"Cannot read the image list {path} ({e}); {fix}.") from e
+    ids = [Path(line.split()[0]).stem for line in lines if line.split()]
+    ids = [i for i in dict.fromkeys(ids) if i]
+    if not ids:
+        raise IfssError(f"The image list {path} is empty; {fix}.")
+    return ids
 
 
 def write_text_atomic(path: Path, text: str) -> None:

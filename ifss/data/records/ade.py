@@ -147,4 +147,5 @@ ADE = DatasetRecord(
     make="download it with `ifss download ade --root DIR` and set data.root=DIR/ade",
     sources=ADE_FILES,
     prepare="ifss.data.ade:prepare_ade",
+    weakshot_background=False,
 )

@@ -129,4 +129,5 @@ COCOSTUFF10K = DatasetRecord(
          "data.root=DIR/cocostuff10k",
     sources=COCOSTUFF10K_FILES,
     prepare="ifss.data.cocostuff10k:prepare_cocostuff10k",
+    weakshot_background=False,
 )

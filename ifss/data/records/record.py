@@ -53,6 +53,10 @@ class DatasetRecord:
     # VOC relabelled to COCO ids)
     train_splits: tuple[str, ...] = ("train",)
     extra_tests: tuple[str, ...] = ()  # splits evaluated after every step besides "val"
+    # background 0 counts among the base classes of SimFormer's weak-shot metrics; False where
+    # the dataset has no background to label (COCO-Stuff-10K; ADE20K's "other", which SimFormer
+    # makes void)
+    weakshot_background: bool = True
 
     def __post_init__(self):
         if not self.label_space:  # frozen: set the default the way dataclasses do
