@@ -103,6 +103,10 @@ def check_model_config(model: "ModelConfig") -> None:
     _check(model.output_stride in strides,
            f"model.output_stride={model.output_stride!r} is not supported for model.arch="
            f"{model.arch}; valid values: {', '.join(map(str, strides))}")
+    # InPlace-ABN inverts its activation in the backward pass: it has no relu
+    _check(not (model.norm == "iabn" and model.activation == "relu"),
+           "model.norm=iabn cannot use model.activation=relu (InPlace-ABN has leaky_relu and "
+           "identity); set model.activation=leaky_relu, or use model.norm=bn")
     _check_min(model, "model.", "head_channels", 1, "set the head's width, such as 256")
     _check_min(model, "model.", "pooling_size", 0,
                "use 0 for crop_size // output_stride, or a positive pooling window")

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
+import sys
 
 import pytest
 import torch
@@ -16,8 +16,6 @@ from ifss.models import (ASPP, CosineClassifier, LinearClassifier, build_body, b
                          load_imagenet, norm_factory)
 from ifss.models import pretrained
 from ifss.models.norm import NormAct
-
-HAS_IABN = importlib.util.find_spec("inplace_abn") is not None
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -115,9 +113,19 @@ def test_inplace_abn_checkpoint_maps_to_torchvision_names(tmp_path):
     target = build_body("resnet50", norm=norm_factory("bn", "leaky_relu"))
     load_imagenet(target, path)
     loaded = target.state_dict()
+    norm_scales = {f"{n}.weight" for n, m in target.named_modules()
+                   if isinstance(m, torch.nn.BatchNorm2d)}
+    assert "layer3.1.bn2.weight" in norm_scales and "layer2.0.downsample.1.weight" in norm_scales
     for key, value in source.state_dict().items():
-        if not key.endswith("num_batches_tracked"):
+        if key in norm_scales:  # InPlace-ABN's effective scale |w| + eps
+            assert torch.equal(loaded[key], value.abs() + 1e-5), key
+        elif not key.endswith("num_batches_tracked"):
             assert torch.equal(loaded[key], value), key
+    # a torchvision-layout file keeps its scales as they are
+    plain = tmp_path / "resnet50_tv.pth"
+    torch.save(source.state_dict(), plain)
+    load_imagenet(target, plain)
+    assert torch.equal(target.state_dict()["bn1.weight"], source.state_dict()["bn1.weight"])
 
 
 def test_wrong_file_names_the_file(tmp_path):
@@ -240,14 +248,26 @@ def test_norm_act_loads_without_num_batches_tracked():
     torch.testing.assert_close(bn(x), F.leaky_relu(x / (1 + 1e-5) ** 0.5, 0.01))
 
 
-def test_iabn_norm_builds_or_says_how_to_install():
-    """Whichever way the machine is set up, model.norm=iabn is checked (no skipped test)."""
-    if HAS_IABN:
-        model = build_model(_cfg(norm="iabn", activation="leaky_relu"), [2])
-        assert type(model.body.bn1).__name__ == "InPlaceABN"
-    else:
-        with pytest.raises(IfssError, match=r"inplace-abn.*model\.norm=bn"):
-            build_model(_cfg(norm="iabn"), [2])
+def test_iabn_norm_builds_inplace_abn_layers():
+    """`make install` builds inplace-abn (the iabn extra); without it this fails saying so."""
+    model = build_model(_cfg(norm="iabn", activation="leaky_relu"), [2])
+    norms = [m for m in model.modules() if getattr(m, "running_mean", None) is not None]
+    assert norms and {type(m).__name__ for m in norms} == {"InPlaceABN"}
+    assert model.body.bn1.activation == "leaky_relu"
+    assert model.body.layer1[0].bn2.activation == "identity"  # before the residual sum
+
+
+def test_iabn_norm_refuses_relu_and_says_how_to_install(monkeypatch):
+    # at config load, and where a norm is built from explicit names
+    with pytest.raises(IfssError, match=r"model\.norm=iabn cannot use model\.activation=relu.*"
+                                        r"set model\.activation=leaky_relu"):
+        _cfg(norm="iabn")
+    with pytest.raises(IfssError, match=r"model\.norm=iabn cannot use relu.*"
+                                        r"model\.activation=leaky_relu"):
+        norm_factory("iabn", "relu")(4)
+    monkeypatch.setitem(sys.modules, "inplace_abn", None)  # as if it were not installed
+    with pytest.raises(IfssError, match=r"inplace-abn package.*make install.*model\.norm=bn"):
+        build_model(_cfg(norm="iabn", activation="leaky_relu"), [2])
 
 
 def test_weights_table_matches_torchvision():

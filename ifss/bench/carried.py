@@ -28,7 +28,8 @@ def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int 
         data=DataConfig(root=str(root), crop_size=sizes.crop, batch_size=sizes.batch,
                         workers=0),
         model=ModelConfig(backbone=sizes.backbone, head_channels=sizes.head_channels,
-                          output_stride=sizes.output_stride, activation=sizes.activation),
+                          output_stride=sizes.output_stride, norm=sizes.norm,
+                          activation=sizes.activation),
         # lr 1e-3: the papers' few-shot steps (at 1e-2 ILT's loss diverges from random weights)
         train=TrainConfig(iterations=iterations or sizes.method_iterations, checkpoint_every=0,
                           lr=1e-3, device=runtime.device.type, amp=runtime.amp,

@@ -1,10 +1,12 @@
 """Benchmark sections 5-6: memory and workflow size.
 
-5. memory            peak RSS (CPU) or peak allocated (CUDA) of a training step; MCLOS banks
+5. memory            peak RSS (CPU) or peak allocated (CUDA) of a training step, with plain BN and
+                     with InPlace-ABN (model.norm=iabn); MCLOS banks
 6. workflow scale    `snakemake -n` wall time and job count per paper config
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import subprocess
@@ -14,12 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ifss.bench.context import Context
-from ifss.bench.harness import engine_step_seconds, memory_probe
+from ifss.bench.context import Context, error_line
+from ifss.bench.harness import build_setup, engine_step_seconds, memory_probe
 from ifss.bench.report import figure, skipped
 from ifss.bench.timing import MIB, median
+from ifss.errors import IfssError
+from ifss.models import norm_factory
 
 WORKFLOW_TARGET = ("<=", 10.0)
+IABN = dict(norm="iabn", activation="leaky_relu")  # InPlace-ABN has no relu
 
 
 # --- 5. memory ---------------------------------------------------------------------------------
@@ -37,6 +42,7 @@ def memory(ctx: Context) -> dict:
         fig = figure(peak / MIB, "MiB", sizes=sizes, repeats=1, warmup=0,
                      description="torch.cuda.max_memory_allocated over one FT training step",
                      details={"allocated_before_mib": before / MIB,
+                              "step_increase_mib": (peak - before) / MIB,
                               "max_reserved_mib": torch.cuda.max_memory_reserved(rt.device) / MIB})
     else:
         got = memory_probe(ctx.sizes, ctx.root)
@@ -50,7 +56,57 @@ def memory(ctx: Context) -> dict:
                               "step_increase_mib": (got["peak"] - got["before"]) / MIB,
                               "source": got["source"]})
     ft.model.zero_grad(set_to_none=True)
-    return {"memory.train_step": fig}
+    return {"memory.train_step": fig, "memory.train_step_iabn": memory_iabn(ctx, fig)}
+
+
+def iabn_unusable(device: torch.device) -> str | None:
+    """Why model.norm=iabn cannot train on `device`, or None: inplace-abn missing, or built
+    without that device's kernels (`make install` builds the CPU ones)."""
+    try:
+        layer = norm_factory(IABN["norm"], IABN["activation"])(2).to(device)
+        x = torch.randn(2, 2, 2, 2, device=device, requires_grad=True)
+        layer(x * 1.0).sum().backward()  # a copy: the layer writes into its input
+    except (IfssError, RuntimeError) as err:
+        return error_line(err)
+    return None
+
+
+def memory_iabn(ctx: Context, bn: dict) -> dict:
+    """memory.train_step measured the same way with model.norm=iabn (leaky_relu), beside the BN
+    figure `bn`: on CPU a fresh process's peak RSS; on CUDA the BN figure's allocation before
+    its step plus the increase over one iabn step (this process also holds the BN model)."""
+    rt = ctx.runtime
+    sizes = {**bn["sizes"], **IABN}
+    desc = ("memory.train_step with model.norm=iabn, model.activation=leaky_relu (InPlace-ABN: "
+            "the activation is computed in place and inverted in backward)")
+    why = iabn_unusable(rt.device)
+    if why:
+        return skipped("MiB", f"model.norm=iabn cannot run here: {why}", description=desc,
+                       sizes=sizes)
+    iabn_sizes = dataclasses.replace(ctx.sizes, **IABN)
+    if rt.device.type == "cuda":
+        setup = build_setup("FT", iabn_sizes, rt, ctx.root, ctx.work / "FT-iabn", iterations=1,
+                            base=ctx.base)
+        gc.collect()
+        torch.cuda.synchronize(rt.device)
+        torch.cuda.reset_peak_memory_stats(rt.device)
+        before = torch.cuda.memory_allocated(rt.device)
+        engine_step_seconds(setup, 1)
+        increase = (torch.cuda.max_memory_allocated(rt.device) - before) / MIB
+        value, note = bn["details"]["allocated_before_mib"] + increase, None
+        del setup
+    else:
+        got = memory_probe(iabn_sizes, ctx.root)
+        increase = (got["peak"] - got["before"]) / MIB
+        value = got["peak"] / MIB
+        note = None if got["reset"] else ("the peak-RSS mark could not be reset: this is the "
+                                          "probe process's lifetime peak")
+    bn_increase = bn["details"]["step_increase_mib"]
+    details = {"step_increase_mib": increase, "bn_mib": bn["value"],
+               "bn_step_increase_mib": bn_increase,
+               "step_increase_vs_bn": increase / bn_increase if bn_increase > 0 else None}
+    return figure(value, "MiB", sizes=sizes, repeats=1, warmup=0, note=note, description=desc,
+                  details=details)
 
 
 def memory_banks(ctx: Context) -> dict:

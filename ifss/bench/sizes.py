@@ -48,6 +48,7 @@ class Sizes:
     synth_train: int = 60  # synthetic train images (>= 3 per class: few-shot sampling works)
     synth_val: int = 4
     nshot: int = 1  # the few-shot step trains on 5 * nshot images (task 5-0, step 1)
+    norm: str = "bn"  # model.norm (the memory section measures iabn beside it)
     task: str = "5-0"
     threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
     # iterations of the in-memory step-0 run (main phase and each extra phase) that makes the

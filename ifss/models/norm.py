@@ -205,13 +205,16 @@ def _batch_renorm() -> NormBuilder:
 def _inplace_abn() -> NormBuilder:
     try:
         from inplace_abn import InPlaceABN
-    except ImportError:
+    except ImportError as err:  # not installed, or built against another torch
         raise IfssError(
-            "model.norm=iabn needs the inplace-abn package: pip install 'ifss[iabn]' "
-            "(see README), or use model.norm=bn"
+            f"model.norm=iabn needs the inplace-abn package ({err}; `make install` builds it: "
+            f"the iabn extra, see README), or use model.norm=bn"
         ) from None
 
     def build(channels: int, activation: str) -> nn.Module:
+        if activation == "relu":  # InPlace-ABN inverts its activation in backward: relu cannot be
+            raise IfssError("model.norm=iabn cannot use relu (InPlace-ABN has leaky_relu and "
+                            "identity); set model.activation=leaky_relu, or use model.norm=bn")
         return InPlaceABN(channels, activation=activation, activation_param=LEAKY_SLOPE)
 
     return build

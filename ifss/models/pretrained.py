@@ -7,6 +7,7 @@ Two file formats load into `ResNetBody`:
     `classifier.fc.*`, renamed here to torchvision's names.
 The InPlace-ABN weights were trained with leaky_relu(0.01): use them with
 `model.activation=leaky_relu` (and model.norm=iabn or bn); relu changes what the network computes.
+InPlace-ABN scales by |weight| + eps: plain norm layers load that effective scale (IABN_EPS).
 """
 from __future__ import annotations
 
@@ -121,17 +122,37 @@ def _rename_iabn(key: str) -> str:
 
 def imagenet_state_dict(obj: object) -> dict[str, torch.Tensor]:
     """Body state dict (torchvision names) from the contents of either file format."""
+    return _read_state(obj)[0]
+
+
+def _read_state(obj: object) -> tuple[dict[str, torch.Tensor], bool]:
+    """(body state dict in torchvision names, whether the file has InPlace-ABN's layout)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise TypeError("not a state dict")
-    out = {}
+    out, iabn_layout = {}, False
     for key, value in obj.items():
         key = key[len("module."):] if key.startswith("module.") else key
         if key.startswith(("fc.", "classifier.fc.")):
             continue
-        out[_rename_iabn(key)] = value
-    return out
+        renamed = _rename_iabn(key)
+        iabn_layout |= renamed != key
+        out[renamed] = value
+    return out, iabn_layout
+
+
+# InPlace-ABN scales by |weight| + eps (its layers' eps, 1e-5 in the published ResNets), not by
+# weight: a plain norm layer given such a file takes that effective scale, or it would compute
+# another network wherever a trained scale is negative.
+IABN_EPS = 1e-5
+
+
+def _as_plain_norm_scales(body: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, module in body.named_modules():
+        key = f"{name}.weight"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and key in state:
+            state[key] = state[key].abs() + IABN_EPS
 
 
 def _expected_files(backbone: str) -> str:
@@ -159,7 +180,7 @@ def load_imagenet(body: nn.Module, path: str | Path) -> None:
         raise _missing_file_error(path)
     name = getattr(body, "name", type(body).__name__)
     try:
-        state = imagenet_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state, iabn_layout = _read_state(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # unpickling, zip and type errors all mean: not a weights file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise IfssError(
@@ -176,4 +197,6 @@ def load_imagenet(body: nn.Module, path: str | Path) -> None:
             f"ImageNet weights file {path} does not fit backbone {name} "
             f"({misfit}); it expects {_expected_files(name)}"
         )
+    if iabn_layout:  # InPlace-ABN layers (model.norm=iabn) take the stored weight as it is
+        _as_plain_norm_scales(body, state)
     body.load_state_dict(state, strict=False)
