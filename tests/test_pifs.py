@@ -8,7 +8,8 @@ from conftest import run_tiny
 from ifss.config import ModelConfig, build_config
 from ifss.errors import IfssError
 from ifss.models import build_model
-from ifss.models.norm import NORMS, BatchRenormAct, NormAct, convert_batch_renorm, norm_factory
+from ifss.models.norm import (NORMS, BatchRenormAct, NormAct, batch_renorm, convert_batch_renorm,
+                              norm_factory)
 
 
 def renorm_by_hand(x, mean, var, weight, bias, eps):
@@ -52,11 +53,33 @@ def test_batch_renorm_train_mode_formula_frozen_stats_and_gradients():
     # ...but the gradient goes through the batch statistics (r, d constant), as by hand
     g = torch.randn_like(y)
     (y * g).sum().backward()
-    (expected * g).sum().backward()
+    layer_grads = bn.weight.grad.clone(), bn.bias.grad.clone()
+    (expected * g).sum().backward()  # (also adds into bn.weight.grad: compared from the copy)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
     eval_grad = torch.autograd.grad((eval_value * g).sum(), x_ref)[0]
     assert not torch.allclose(x.grad, eval_grad, atol=1e-3)
-    assert bn.weight.grad is not None and bn.bias.grad is not None
+    # weight and bias gradients as autograd gives them on the written-out formula
+    w, b = bn.weight.detach().clone().requires_grad_(True), bn.bias.detach().clone().requires_grad_(True)
+    by_hand = renorm_by_hand(x_ref.detach(), stats[0], stats[1], w, b, 1e-3)
+    gw, gb = torch.autograd.grad((by_hand * g).sum(), (w, b))
+    torch.testing.assert_close(layer_grads[0], gw, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer_grads[1], gb, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_renorm_without_affine_and_channels_last_matches_the_formula():
+    torch.manual_seed(1)
+    mean, var = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([4.0, 0.25, 1.0])
+    x = (torch.randn(3, 3, 4, 6) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y = batch_renorm(x, mean, var, None, None, 1e-3)
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    expected = renorm_by_hand(x_ref, mean, var, ones, zeros, 1e-3)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn(3, 3, 4, 6)
+    (y * g).sum().backward()
+    (expected * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_renorm_eval_uses_running_stats():

@@ -118,23 +118,50 @@ def batch_renorm(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch
 
     with sigma_B = sqrt(var_B + eps) (biased batch variance over N, H, W) and
     sigma = sqrt(running_var + eps). Without clipping the value equals the eval-mode
-    (x - mu) / sigma; what changes is the backward pass, which goes through the batch
-    statistics as in batch norm (scaled by r). The running statistics are not touched.
+    weight * (x - mu) / sigma + bias; what changes is the backward pass, which goes through the
+    batch statistics as in batch norm (scaled by r). The running statistics are not touched.
+
+    Costs what plain batch norm costs (`_BatchRenorm`): the training-mode kernel gives x_hat and
+    the batch statistics, one in-place affine pass turns x_hat into the value, and the backward is
+    the training-mode kernel's with the weight scaled by r (the weight and bias gradients by the
+    chain rule, below).
     """
-    dims = [0, *range(2, x.dim())]
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    with torch.no_grad():
-        var_b, mean_b = torch.var_mean(x.detach().float(), dim=dims, unbiased=False)
-        sigma = (running_var.float() + eps).sqrt()
-        r = ((var_b + eps).sqrt() / sigma).view(shape)
-        d = ((mean_b - running_mean.float()) / sigma).view(shape)
-    x_hat = F.batch_norm(x, None, None, None, None, True, 0.0, eps)  # (x - mu_B) / sigma_B
-    y = x_hat * r + d
-    if weight is not None:
-        y = y * weight.view(shape)
-    if bias is not None:
-        y = y + bias.view(shape)
-    return y
+    return _BatchRenorm.apply(x, running_mean, running_var, weight, bias, eps)
+
+
+class _BatchRenorm(torch.autograd.Function):
+    """y = x_hat * (weight * r) + (weight * d + bias), x_hat from the training-mode kernel;
+    dL/dx = the training-mode batch-norm backward at the batch statistics with weight * r;
+    dL/dweight = r * sum(dy * x_hat) + d * sum(dy); dL/dbias = sum(dy)."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, weight, bias, eps):
+        x_hat, mean_b, invstd_b = torch.native_batch_norm(x, None, None, None, None, True, 0.0,
+                                                          eps)
+        inv_sigma = (running_var.float() + eps).rsqrt()
+        r = inv_sigma / invstd_b  # sigma_B / sigma
+        d = (mean_b - running_mean.float()) * inv_sigma
+        scale, shift = r, d
+        if weight is not None:
+            scale, shift = weight.float() * r, weight.float() * d
+        if bias is not None:
+            shift = shift + bias.float()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        ctx.save_for_backward(x, scale, mean_b, invstd_b, r, d)
+        ctx.eps = eps
+        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return x_hat.mul_(scale.view(shape)).add_(shift.view(shape))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale, mean_b, invstd_b, r, d = ctx.saved_tensors
+        need_x, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 3, 4))
+        grad_x, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            grad_out, x, scale, None, None, mean_b, invstd_b, True, ctx.eps,
+            [need_x, need_w, need_w or need_b])
+        grad_w = (r * sum_dy_xhat + d * sum_dy).to(ctx.dtypes[0]) if need_w else None
+        grad_b = sum_dy.to(ctx.dtypes[1]) if need_b else None
+        return grad_x if need_x else None, None, None, grad_w, grad_b, None
 
 
 class BatchRenormAct(_ActivationAfterNorm, nn.BatchNorm2d):
