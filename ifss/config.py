@@ -25,6 +25,10 @@ from ifss.errors import IfssError, closest, unknown
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "constant_poly", "warmup_poly", "constant")
 WARMUP_SCHEDULES = ("constant_poly", "warmup_poly")
+# The frozen previous model's forward (the teacher of LWF, MiB, SDR, PIFS, ...): `same` runs it in
+# the training's precision (train.amp's autocast on CUDA, float32 on CPU); `bf16` under bf16
+# autocast on any device, its outputs handed to the losses in float32
+TEACHER_PRECISIONS = ("same", "bf16")
 # The names the model builders accept (ifss.models keeps the builders; tests hold the two equal),
 # here so that a run config is checked without importing torch.
 ARCHITECTURE_NAMES = ("deeplabv3", "pspnet", "maskformer")
@@ -189,6 +193,9 @@ def check_train_config(train: "TrainConfig") -> None:
         raise unknown("optimizer", train.optimizer, OPTIMIZERS, "in train.optimizer")
     if train.schedule not in SCHEDULES:
         raise unknown("schedule", train.schedule, SCHEDULES, "in train.schedule")
+    if train.teacher_precision not in TEACHER_PRECISIONS:
+        raise unknown("teacher_precision", train.teacher_precision, TEACHER_PRECISIONS,
+                      "in train.teacher_precision")
     _check(train.lr > 0, f"train.lr={train.lr} must be > 0; set a positive learning rate")
     _check(0 <= train.momentum < 1,
            f"train.momentum={train.momentum} must be in [0, 1); 0.9 is the usual value")
@@ -240,6 +247,10 @@ class TrainConfig:
     checkpoint_every: int = 100  # iterations between resume checkpoints (0 = never)
     log_every: int = 10
     amp: str = "bf16"  # bf16 | fp16 | none; autocast on CUDA only
+    # same | bf16 (TEACHER_PRECISIONS): bf16 also on CPU, where it pays with AVX512-BF16 or AMX
+    # (`ifss bench` times it: method.SDR.teacher_bf16); it changes the distillation targets'
+    # rounding, so it is part of a run's identity (resume, results)
+    teacher_precision: str = "same"
     channels_last: bool = True  # CUDA only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

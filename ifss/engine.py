@@ -106,14 +106,29 @@ def main_phase(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfi
         out = net(batch["image"], **options)
         old_out = None
         if method.old_model is not None:
-            with torch.no_grad():
-                old_out = method.old_model(batch["image"], **options)
+            old_out = teacher_forward(method.old_model, batch["image"], options,
+                                      cfg.train.teacher_precision)
         return method.loss(batch, out, old_out)
 
     return Phase(MAIN, total, method.param_groups(model, cfg.train), cfg.train, loader, loss,
                  lambda: method.train_mode(model), forward=model,
                  before_step=method.before_step, after_backward=method.after_backward,
                  after_step=method.after_step, unused_parameters=method.unused_parameters)
+
+
+def teacher_forward(teacher: nn.Module, image: torch.Tensor, options: dict,
+                    precision: str) -> dict:
+    """The frozen previous model's outputs, without gradients. precision `bf16`
+    (train.teacher_precision) runs the forward under bf16 autocast on the image's device and
+    hands the method float32 tensors, so the losses keep their precision; `same` leaves the
+    precision to the caller's context (train.amp's autocast on CUDA)."""
+    with torch.no_grad():
+        if precision != "bf16":
+            return teacher(image, **options)
+        with torch.autocast(image.device.type, dtype=torch.bfloat16):
+            out = teacher(image, **options)
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+            for k, v in out.items()}
 
 
 def train(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig, runtime: Runtime,

@@ -43,41 +43,46 @@ def knowledge_distillation(
     """
     c_old = old_logits.shape[1]
     log_p = F.log_softmax(new_logits[:, :c_old], dim=1)
-    q = F.softmax(old_logits / temperature, dim=1)
+    # at T = 1 the division and the T^2 factor are exact no-ops: skipped (same bits, two passes
+    # over the teacher's logits fewer)
+    q = F.softmax(old_logits if temperature == 1 else old_logits / temperature, dim=1)
     per_pixel = -(q * log_p).mean(dim=1)
-    return _masked_mean(per_pixel, mask) * temperature**2
+    loss = _masked_mean(per_pixel, mask)
+    return loss if temperature == 1 else loss * temperature**2
 
 
-def unbiased_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_old: int) -> torch.Tensor:
+def unbiased_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_old: int,
+                           log_p: torch.Tensor | None = None) -> torch.Tensor:
     """MiB's UNCE: background absorbs the old classes. log p(0) = lse(z_old) - lse(z); labels of
-    old classes (< num_old, background included) become 0; void pixels are ignored."""
-    lse = torch.logsumexp(logits, dim=1, keepdim=True)
-    log_p = logits - lse
-    log_p = torch.cat(
-        [torch.logsumexp(logits[:, :num_old], dim=1, keepdim=True) - lse, log_p[:, num_old:]], dim=1
-    )
-    target = labels.clone()
-    target[(labels < num_old)] = 0
-    target[(labels >= num_old) & (labels != IGNORE)] -= num_old - 1
-    if not (target != IGNORE).any():
-        return logits.sum() * 0.0
-    return F.nll_loss(log_p, target, ignore_index=IGNORE)
+    old classes (< num_old, background included) become 0; void pixels are ignored (the mean is
+    over the other pixels, 0 when there are none).
+
+    From one fused log-softmax: log p(0) = lse over the old channels of log_softmax(z), the new
+    classes' log p picked by label (no relabelled copy of the labels, no host sync). `log_p`:
+    log_softmax(logits) when the caller has it (MiB's UNKD takes the same)."""
+    log_p = F.log_softmax(logits, dim=1) if log_p is None else log_p
+    log_old = torch.logsumexp(log_p[:, :num_old], dim=1)
+    valid = labels != IGNORE
+    new = (labels >= num_old) & valid
+    picked = log_p.gather(1, torch.where(new, labels, 0).unsqueeze(1)).squeeze(1)
+    per_pixel = torch.where(new, picked, log_old)
+    return -torch.where(valid, per_pixel, 0.0).sum() / valid.sum().clamp_min(1)
 
 
 def unbiased_distillation(
-    new_logits: torch.Tensor, old_logits: torch.Tensor, temperature: float = 1.0
+    new_logits: torch.Tensor, old_logits: torch.Tensor, temperature: float = 1.0,
+    log_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MiB's UNKD: the new model's background probability absorbs the new classes.
-    -mean_pixels[(q_0 log p_0 + sum_{old c >= 1} q_c log p_c) / C_old], q = softmax(z_old/T)."""
+    -mean_pixels[(q_0 log p_0 + sum_{old c >= 1} q_c log p_c) / C_old], q = softmax(z_old/T),
+    log p_0 = lse(z_0, z_new) - lse(z): an lse over those channels of one fused log-softmax
+    (`log_p`: log_softmax(new_logits) when the caller has it)."""
     c_old = old_logits.shape[1]
-    lse = torch.logsumexp(new_logits, dim=1, keepdim=True)
-    bkg_and_new = torch.cat([new_logits[:, :1], new_logits[:, c_old:]], dim=1)
-    log_p = torch.cat(
-        [torch.logsumexp(bkg_and_new, dim=1, keepdim=True) - lse, new_logits[:, 1:c_old] - lse],
-        dim=1,
-    )
-    q = F.softmax(old_logits / temperature, dim=1)
-    return -(q * log_p).sum(dim=1).mean() / c_old
+    log_p = F.log_softmax(new_logits, dim=1) if log_p is None else log_p
+    log_bkg = torch.logsumexp(torch.cat([log_p[:, :1], log_p[:, c_old:]], dim=1), dim=1)
+    q = F.softmax(old_logits if temperature == 1 else old_logits / temperature, dim=1)
+    per_pixel = q[:, 0] * log_bkg + (q[:, 1:] * log_p[:, 1:c_old]).sum(dim=1)
+    return -per_pixel.mean() / c_old
 
 
 def feature_distillation(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -191,3 +191,41 @@ def test_pspnet_trains_and_evaluates_by_name(synth_root, tmp_path):
     assert m["config"]["model"]["arch"] == "pspnet" and m["miou_base"] is not None
     state = torch.load(tmp_path / "psp" / "model.pt", weights_only=True)["model"]
     assert any(k.startswith("head.bottleneck.") for k in state)
+
+
+def test_teacher_forward_in_bf16_hands_float32_outputs_close_to_float32():
+    torch.manual_seed(0)
+    teacher = nn.Conv2d(3, 4, 3, padding=1).eval().requires_grad_(False)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = teacher
+
+        def forward(self, x):
+            return {"logits": self.conv(x), "count": 3}
+
+    model, image = Wrap(), torch.randn(2, 3, 8, 8)
+    exact = engine.teacher_forward(model, image, {}, "same")
+    half = engine.teacher_forward(model, image, {}, "bf16")
+    assert torch.equal(exact["logits"], teacher(image))
+    assert half["logits"].dtype == torch.float32 and half["count"] == 3
+    assert not torch.equal(half["logits"], exact["logits"])  # it did run in bf16
+    torch.testing.assert_close(half["logits"], exact["logits"], rtol=0.05, atol=0.05)
+    assert not half["logits"].requires_grad
+
+
+def test_teacher_precision_is_checked_and_a_bf16_teacher_trains(synth_root, tmp_path,
+                                                                 monkeypatch):
+    seen = []
+    forward = engine.teacher_forward
+    monkeypatch.setattr(engine, "teacher_forward",
+                        lambda *a: seen.append(a[3]) or forward(*a))
+    with pytest.raises(IfssError, match=r"teacher_precision.*'fp8'.*same, bf16"):
+        TrainConfig(teacher_precision="fp8")
+    step0 = tmp_path / "step0"
+    run_tiny(synth_root, step0, method="FT")
+    record = run_tiny(synth_root, tmp_path / "step1", method="MIB", step=1, nshot=1,
+                      previous=str(step0 / "model.pt"), **{"train.teacher_precision": "bf16"})
+    assert record["iterations"] == 6 and 0 <= record["miou_all"] <= 1
+    assert seen == ["bf16"] * 6  # every step's teacher forward

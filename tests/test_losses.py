@@ -59,6 +59,15 @@ def test_unbiased_cross_entropy():
     two = torch.cat([NEW, NEW], dim=3)
     got = losses.unbiased_cross_entropy(two, torch.tensor([[[3, 255]]]), num_old=3)
     assert got.item() == pytest.approx(-log_p3, rel=1e-5)
+    # every pixel void: zero, with a zero (not NaN) gradient
+    logits = two.clone().requires_grad_(True)
+    got = losses.unbiased_cross_entropy(logits, torch.tensor([[[255, 255]]]), num_old=3)
+    got.backward()
+    assert got.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    # a log-softmax handed in gives the same value
+    log_p = torch.log_softmax(two, dim=1)
+    assert losses.unbiased_cross_entropy(two, torch.tensor([[[3, 0]]]), 3, log_p).item() == \
+        pytest.approx((-log_p3 - log_p0) / 2, rel=1e-5)
 
 
 def test_unbiased_distillation():

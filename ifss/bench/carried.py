@@ -20,8 +20,9 @@ from ifss.methods.registry import MethodInfo, method_info
 
 
 def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int = 1,
-               iterations: int | None = None) -> RunConfig:
-    """The run config the benchmark trains with (the paper model at the benchmark size)."""
+               iterations: int | None = None, train: dict | None = None) -> RunConfig:
+    """The run config the benchmark trains with (the paper model at the benchmark size);
+    `train`: TrainConfig keys on top (a timed variant such as a bf16 teacher)."""
     return RunConfig(
         dataset="synthetic", task=sizes.task, step=step, nshot=sizes.nshot, ishot=0,
         method=name, seed=0,
@@ -33,7 +34,7 @@ def run_config(name: str, sizes: Sizes, runtime: Runtime, root: Path, step: int 
         # lr 1e-3: the papers' few-shot steps (at 1e-2 ILT's loss diverges from random weights)
         train=TrainConfig(iterations=iterations or sizes.method_iterations, checkpoint_every=0,
                           lr=1e-3, device=runtime.device.type, amp=runtime.amp,
-                          channels_last=runtime.channels_last),
+                          channels_last=runtime.channels_last, **(train or {})),
         eval=EvalConfig(batch_size=sizes.eval_batch),
         params=dict(sizes.method_params.get(name, {})),
     )

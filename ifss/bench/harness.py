@@ -150,7 +150,7 @@ def base_state(sizes: Sizes, runtime: Runtime, root: Path, images: int = 4) -> d
 
 def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
                 iterations: int | None = None, base: dict | None = None,
-                step0_iterations: int | None = None) -> Setup:
+                step0_iterations: int | None = None, train: dict | None = None) -> Setup:
     """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it, from the
     "step-0" weights `base` (ifss.bench.harness.base_state; None: random init) and, for a method
     with its own step-0 run, the state that run carries (`carried_state`, `step0_iterations`
@@ -159,7 +159,8 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
     step-0 run failed."""
     from ifss.builder import build_method, place, resolve
 
-    run = resolve(run_config(name, sizes, runtime, root, iterations=iterations), training=False)
+    run = resolve(run_config(name, sizes, runtime, root, iterations=iterations, train=train),
+                  training=False)
     cfg, info = run.cfg, run.info
     start = time.perf_counter()
     try:

@@ -20,6 +20,7 @@ under UNCE those pixels, like background, are targets of the "old or background"
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ifss.data.build import StepData
@@ -42,9 +43,11 @@ class ModelingTheBackground(Method):
         if old_out is None:
             raise IfssError("MIB needs the previous step's model; it has no step-0 training")
         num_old = old_out["logits"].shape[1]
+        log_p = F.log_softmax(out["logits"], dim=1)  # one for both terms
         return {
-            "unce": unbiased_cross_entropy(out["logits"], batch["label"], num_old),
-            "unkd": self.params.loss_kd * unbiased_distillation(out["logits"], old_out["logits"]),
+            "unce": unbiased_cross_entropy(out["logits"], batch["label"], num_old, log_p),
+            "unkd": self.params.loss_kd * unbiased_distillation(
+                out["logits"], old_out["logits"], log_p=log_p),
         }
 
 

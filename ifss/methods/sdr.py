@@ -56,6 +56,7 @@ import logging
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from ifss.data.build import StepData
@@ -154,9 +155,11 @@ class SDR(Method):
                 raise IfssError("SDR needs the previous step's model at steps >= 1; give "
                                 "`previous` (the SDR model.pt of the step before)")
             num_old = old_out["logits"].shape[1]
+            log_p = F.log_softmax(out["logits"], dim=1)  # one for both terms
             terms = {
-                "unce": unbiased_cross_entropy(out["logits"], batch["label"], num_old),
-                "unkd": p.loss_kd * unbiased_distillation(out["logits"], old_out["logits"]),
+                "unce": unbiased_cross_entropy(out["logits"], batch["label"], num_old, log_p),
+                "unkd": p.loss_kd * unbiased_distillation(out["logits"], old_out["logits"],
+                                                          log_p=log_p),
             }
         body = out["body"]
         labels = labels_at(batch["label"], body.shape[-2:]).long()
