@@ -33,10 +33,11 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count (target, pred) pairs; void pixels go to an extra bin that is dropped (no boolean
+        indexing: a quarter of its CPU time, and no host sync on CUDA)."""
         n = self.num_classes
-        valid = target != IGNORE
-        index = target[valid].long() * n + pred[valid].long()
-        self.mat += torch.bincount(index, minlength=n * n).view(n, n)
+        index = torch.where(target != IGNORE, target.long() * n + pred.long(), n * n)
+        self.mat += torch.bincount(index.reshape(-1), minlength=n * n + 1)[:n * n].view(n, n)
 
     def all_reduce(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -84,8 +84,10 @@ SIZES = {
                           method_iterations=1, method_warmup=1, method_repeats=2,
                           eval_images=2, eval_batch=1, loader_batches=10, workers=4,
                           workflow_repeats=2, threads=1, step0_iterations=1),
+    # quick: 8 iterations per timed engine.train call, as for the methods: each call builds
+    # its optimiser, schedule and loader, a fixed cost a run spreads over hundreds of steps
     ("quick", True): Sizes(backbone="resnet_tiny", head_channels=64, output_stride=16,
-                           activation="relu", crop=64, batch=4, iterations=2, warmup=1,
+                           activation="relu", crop=64, batch=4, iterations=8, warmup=1,
                            repeats=3, method_iterations=8, method_warmup=1, method_repeats=3,
                            eval_images=8, eval_batch=8, loader_batches=5, workers=2,
                            workflow_repeats=0, threads=1,

@@ -213,8 +213,14 @@ def method_overhead(ctx: Context) -> dict:
             target = MCLOS_TARGET if entry.get("reference") == "PIFS" else None
         if entry.get("trains"):
             ref = entry["reference"]
+            note = entry.get("note")
+            lwf = table.get("LWF", {}).get("vs_ft")
+            if (target and ref == "FT" and lwf is not None and name in setups
+                    and setups[name].old_model is not None and lwf > target[1]):
+                note = note or (f"below the floor at this size: LWF, the frozen model's forward "
+                                f"and one KD term, is {lwf:.3f} x FT here")
             figures[key] = figure(
-                entry["ratio"], "ratio", target=target, note=entry.get("note"), sizes=sizes,
+                entry["ratio"], "ratio", target=target, note=note, sizes=sizes,
                 warmup=s.method_warmup, repeats=s.method_repeats,
                 description=f"{name} step / {ref} step (engine.train, step 1"
                             + "".join(f", train.{k}={v}" for k, v in
