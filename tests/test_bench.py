@@ -88,6 +88,20 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
     for name, bound in (("simformer.matching_share", 0.10), ("simformer.crosim_over_seg", 1.5)):
         assert figures[name]["value"] > 0 and figures[name]["target"]["value"] == bound, name
     assert figures["simformer.matching_share"]["sizes"]["queries"] == 100
+    # SDR with a bf16 teacher, timed beside the registry's methods from SDR's carried state
+    bf16 = figures["method.SDR.teacher_bf16"]
+    assert bf16["target"] == {"op": "<=", "value": 1.25} and bf16["value"] > 0
+    assert "train.teacher_precision=bf16" in bf16["description"]
+    assert rec["methods"]["SDR.teacher_bf16"]["carried_state"] is True
+    # issue 16's quick-size margins over LWF; the paper-size bounds are not applied here
+    lwf = rec["methods"]["LWF"]["vs_ft"]
+    for name, bound in (("PIFS", 0.15), ("MIB", 0.10)):
+        fig = figures[f"method.{name}.over_lwf"]
+        assert fig["target"] == {"op": "<=", "value": bound}, name
+        assert fig["value"] == pytest.approx(rec["methods"][name]["vs_ft"] - lwf), name
+        assert figures[f"method.{name}"]["target"] is None, name
+    if lwf > 1.25:  # a teacher method's target below LWF's floor says so
+        assert "LWF" in figures["method.SDR"]["note"]
 
 
 def test_cuda_section_is_null_with_reason_on_cpu(quick):
