@@ -127,8 +127,18 @@ def teacher_forward(teacher: nn.Module, image: torch.Tensor, options: dict,
             return teacher(image, **options)
         with torch.autocast(image.device.type, dtype=torch.bfloat16):
             out = teacher(image, **options)
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-            for k, v in out.items()}
+    return _as_float32(out)
+
+
+def _as_float32(value):
+    """Floating tensors in nested dicts / lists / tuples as float32; anything else as it is."""
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _as_float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(v) for v in value)
+    return value
 
 
 def train(model: nn.Module, method, dataset: SegmentationSet, cfg: RunConfig, runtime: Runtime,

@@ -203,13 +203,15 @@ def test_teacher_forward_in_bf16_hands_float32_outputs_close_to_float32():
             self.conv = teacher
 
         def forward(self, x):
-            return {"logits": self.conv(x), "count": 3}
+            logits = self.conv(x)
+            return {"logits": logits, "count": 3, "aux": [{"logits": logits}]}
 
     model, image = Wrap(), torch.randn(2, 3, 8, 8)
     exact = engine.teacher_forward(model, image, {}, "same")
     half = engine.teacher_forward(model, image, {}, "bf16")
     assert torch.equal(exact["logits"], teacher(image))
     assert half["logits"].dtype == torch.float32 and half["count"] == 3
+    assert half["aux"][0]["logits"].dtype == torch.float32  # nested outputs too
     assert not torch.equal(half["logits"], exact["logits"])  # it did run in bf16
     torch.testing.assert_close(half["logits"], exact["logits"], rtol=0.05, atol=0.05)
     assert not half["logits"].requires_grad
