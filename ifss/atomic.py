@@ -1,4 +1,5 @@
 """Atomic file writes: a reader (or Snakemake) never sees a half-written file under the final name.
+A folder written whole (`replace_dir`) is renamed into place the same way.
 
 A write that the operating system refuses (disk full, read-only folder, a file where a folder
 should be) leaves neither its temporary file nor anything under the final name, and becomes an
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -61,7 +63,7 @@ def atomic_path(path: str | Path):
         raise IfssError(os_error_message(err, path, "cannot write")) from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
+        share(tmp)  # mkstemp makes 0600; outputs are shared files
         os.replace(tmp, path)
     except OSError as err:
         if not _ours(err, path, Path(tmp), path.parent):
@@ -72,10 +74,30 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def share(path: str | Path) -> None:
+    """Give a temporary file (mkstemp: 0600) or folder (mkdtemp: 0700) the permissions a plain
+    new one gets under the process's umask: outputs are shared."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+
+
+def replace_dir(new: str | Path, out: str | Path) -> None:
+    """Rename the complete folder `new` onto `out`; an earlier `out` goes only after (and comes
+    back if the rename fails), so `out` is always the old complete folder or the new one."""
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import pickle
 import re
@@ -20,6 +19,7 @@ from torch import nn
 from ifss.config import PROTOCOLS, RunConfig, from_dict, merge
 from ifss.data.incremental import check_weakshot_step
 from ifss.distributed import Runtime
+from ifss.download import file_hash
 from ifss.errors import IfssError
 from ifss.methods.registry import (MethodInfo, get_method_class, method_info, method_params,
                                    weakshot_methods)
@@ -284,11 +284,7 @@ def file_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _digest(path: str, size: int, mtime_ns: int) -> str:  # size, mtime: the cache key only
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path, "sha256")
 
 
 def place(model: nn.Module, method, runtime: Runtime) -> None:

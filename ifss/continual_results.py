@@ -33,16 +33,11 @@ import pandas as pd
 from ifss.atomic import atomic_path, write_text
 from ifss.errors import IfssError
 from ifss.results import load_metrics, per_class_frame, percent, row_name
+from ifss.table_metrics import DEFAULT_WEAKSHOT_METRICS, WEAKSHOT_METRICS, WEAKSHOT_SOURCE
 
 METRICS = ("old", "new", "all")
 SOURCE = {"old": "miou_base", "new": "miou_novel", "all": "miou_all"}
 WEAKSHOT = "weakshot"  # the protocol whose columns are WEAKSHOT_METRICS
-# weak-shot column -> key of metrics.json `weakshot` (ifss.metrics.weakshot_summary)
-WEAKSHOT_SOURCE = {"base": "miou_base", "novel": "miou_novel", "all": "miou_all", "hm": "hm",
-                   "fwiou": "fwiou", "macc": "macc", "pacc": "pacc", "macc_base": "macc_base",
-                   "macc_novel": "macc_novel"}
-WEAKSHOT_METRICS = tuple(WEAKSHOT_SOURCE)
-DEFAULT_WEAKSHOT_METRICS = ("base", "novel", "all", "hm")
 
 
 def protocol_of(record: dict) -> str:

@@ -18,8 +18,8 @@ from ifss.atomic import write_text
 from ifss.errors import IfssError
 from ifss.paired_delta import paired_delta, signed
 from ifss.results import percent, read_record
+from ifss.table_metrics import EPISODIC_SOURCE
 
-METRIC_KEYS = {"novel": "miou_novel", "base": "miou_base", "fb_iou": "fb_iou"}
 METRIC_NAMES = {"novel": "novel mIoU", "base": "base mIoU", "fb_iou": "FB-IoU"}
 RECORD_KEYS = ("dataset", "task", "method", "nshot", "head", "gamma", "miou_novel", "fb_iou")
 
@@ -61,13 +61,13 @@ def runs_frame(records: list[dict], rows: dict) -> pd.DataFrame:
             "row": name, "dataset": r["dataset"], "fold": r["task"], "backbone": r["method"],
             "head": r["head"], "gamma": r["gamma"], "nshot": r["nshot"],
             "episodes": r.get("episodes"), "runs": r.get("runs"),
-            **{metric: percent(r.get(key)) for metric, key in METRIC_KEYS.items()},
+            **{metric: percent(r.get(key)) for metric, key in EPISODIC_SOURCE.items()},
             "wall_time_s": r.get("wall_time_s"), "metrics": r["_path"],
         })
     frame = pd.DataFrame(lines)
     if frame.empty:
         raise IfssError("no evaluation matches a row of the table; rerun the table's jobs")
-    for metric in METRIC_KEYS:
+    for metric in EPISODIC_SOURCE:
         frame[metric] = frame[metric].astype(float)
     return frame
 

@@ -29,6 +29,32 @@ def run_tiny(root: Path, out: Path, **extra) -> dict:
     return train_run(build_config(None, tiny_overrides(root, **extra)), out)
 
 
+def rewrite_train_labels(root: Path, rewrite) -> int:
+    """Rewrite the train labels of the synthetic dataset at `root` in place: `rewrite(label)`
+    gives the new array (same shape) or None to leave the file; palettes are kept. Returns how
+    many files changed."""
+    import numpy as np
+    from PIL import Image
+
+    from ifss.data.layout import layout_for
+
+    layout = layout_for("synthetic", root)
+    changed = 0
+    for image_id in layout.ids("train"):
+        path = layout.label_path("train", image_id)
+        with Image.open(path) as img:
+            palette, label = img.getpalette(), np.array(img)
+        new = rewrite(label)
+        if new is None:
+            continue
+        out = Image.fromarray(new)
+        if palette:
+            out.putpalette(palette)
+        out.save(path)
+        changed += int(not np.array_equal(new, label))
+    return changed
+
+
 @pytest.fixture(scope="session")
 def cos_step0(synth_root, tmp_path_factory) -> Path:
     """A tiny COS step-0 model of 5-0, the start of WI, PIFS and DWI runs (read-only)."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import run_tiny
+from conftest import rewrite_train_labels, run_tiny
 from ifss import builder
 from ifss.config import build_config
 from ifss.data.build import build_step_data
@@ -158,22 +158,14 @@ def probes(monkeypatch):
 def scramble_new_class_pixels(root) -> int:
     """Permute every pixel of each train label holding a class of step 1 (same set of classes per
     image, so the same class index content; the positions change). Returns the files changed."""
-    layout = layout_for("synthetic", root)
     rng = np.random.default_rng(0)
-    changed = 0
-    for image_id in layout.ids("train"):
-        path = layout.label_path("train", image_id)
-        with Image.open(path) as img:
-            palette, label = img.getpalette(), np.array(img)
+
+    def scramble(label):
         if not np.isin(label, NEW).any():
-            continue
-        scrambled = rng.permutation(label.reshape(-1)).reshape(label.shape)
-        out = Image.fromarray(scrambled, mode="P" if palette else "L")
-        if palette:
-            out.putpalette(palette)
-        out.save(path)
-        changed += int(not np.array_equal(scrambled, label))
-    return changed
+            return None
+        return rng.permutation(label.reshape(-1)).reshape(label.shape)
+
+    return rewrite_train_labels(root, scramble)
 
 
 def test_a_weak_step_never_reads_the_new_classes_pixels(probes, synth_root, tmp_path):

@@ -202,6 +202,7 @@ def method_overhead(ctx: Context) -> dict:
     ctx.method_table = table
     figures = {}
     sizes = ctx.model_sizes(iterations=n, task=s.task, step=1, nshot=s.nshot)
+    lwf = table.get("LWF", {}).get("vs_ft")  # the floor of a method with a frozen teacher
     for name, entry in table.items():
         if name == "FT":
             continue
@@ -214,7 +215,6 @@ def method_overhead(ctx: Context) -> dict:
         if entry.get("trains"):
             ref = entry["reference"]
             note = entry.get("note")
-            lwf = table.get("LWF", {}).get("vs_ft")
             if (target and ref == "FT" and lwf is not None and name in setups
                     and setups[name].old_model is not None and lwf > target[1]):
                 note = note or (f"below the floor at this size: LWF, the frozen model's forward "
@@ -235,7 +235,6 @@ def method_overhead(ctx: Context) -> dict:
         else:
             figures[key] = skipped("ratio", entry["note"], target=target, sizes=sizes,
                                    description=f"{name} step / reference step")
-    lwf = table.get("LWF", {}).get("vs_ft")
     for name, target in QUICK_LWF_MARGINS.items():
         value = table.get(name, {}).get("vs_ft")
         if ctx.quick and lwf is not None and value is not None:

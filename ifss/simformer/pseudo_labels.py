@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ifss.atomic import os_error_message
+from ifss.atomic import os_error_message, replace_dir, share
 from ifss.data.incremental import IGNORE
 from ifss.errors import IfssError
 from ifss.metrics import predicted_classes
@@ -202,10 +201,7 @@ def _predict_into(model, data, folder: Path, runtime, batch_size: int, workers: 
     for batch, sizes in loader:
         images = batch["image"].to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            logits = model(images)["logits"]
-        if logits.shape[-2:] != images.shape[-2:]:
-            logits = torch.nn.functional.interpolate(logits.float(), size=images.shape[-2:],
-                                                     mode="bilinear", align_corners=False)
+            logits = model(images)["logits"]  # at the image size (upsampled by the model)
         predictions = predicted_classes(logits).cpu().numpy()
         labels = batch["label"].numpy()
         for k, (index, (h, w)) in enumerate(zip(batch["index"].tolist(), sizes)):
@@ -220,23 +216,6 @@ def _predict_into(model, data, folder: Path, runtime, batch_size: int, workers: 
             log.info("pseudo labels: %d / %d images", done + len(sizes), len(ids))
         done += len(sizes)
     return ids
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Rename the complete `new` onto `out`; an earlier `out` goes only after (and comes back
-    if the rename fails)."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(old / out.name, out)
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def generate_pseudo_labels(checkpoint: str | Path, out: str | Path,
@@ -284,8 +263,8 @@ def generate_pseudo_labels(checkpoint: str | Path, out: str | Path,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 }
                 (partial / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-                os.chmod(partial, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared output
-                _replace_folder(partial, out)
+                share(partial)
+                replace_dir(partial, out)
             except OSError as err:  # the disk refused a write: one sentence, nothing left
                 shutil.rmtree(partial, ignore_errors=True)
                 raise IfssError(os_error_message(err, err.filename or out)) from None
@@ -297,8 +276,3 @@ def generate_pseudo_labels(checkpoint: str | Path, out: str | Path,
     finally:
         teardown()
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

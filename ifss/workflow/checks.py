@@ -15,6 +15,7 @@ from ifss.data.records import get_dataset
 from ifss.data.records.coco_voc import COCO_VOC_INPUTS
 from ifss.errors import IfssError, unknown
 from ifss.methods.registry import METHODS, method_params, weakshot_methods
+from ifss.table_metrics import DEFAULT_WEAKSHOT_METRICS, EPISODIC_METRICS, WEAKSHOT_METRICS
 from ifss.tasks import get_task
 from ifss.workflow.paths import CONTINUAL, WEAKSHOT
 from ifss.workflow.settings import (PARTS, SETTINGS, STAGES, as_list, matches,
@@ -36,12 +37,6 @@ WORKFLOW_KEYS = (
 EPISODIC_KEYS = ("protocol", "head", "gamma")
 # Names a configured method may not have: path components of the continual layout.
 RESERVED_NAMES = ("step0", "episodic", *CONTINUAL, WEAKSHOT)
-# The columns of a weak-shot table (metrics.json `weakshot`, ifss.continual_results), the default
-# first; and of an episodic table (ifss.episodic_results).
-WEAKSHOT_METRICS = ("base", "novel", "all", "hm", "fwiou", "macc", "pacc", "macc_base",
-                    "macc_novel")
-DEFAULT_WEAKSHOT_METRICS = ["base", "novel", "all", "hm"]
-EPISODIC_METRICS = ("novel", "base", "fb_iou")
 # Datasets built from other datasets (source derived): name -> role -> the record whose layout
 # (label space) the role's dataset must have; `from` names the configured dataset of each role.
 DERIVED = {"coco-voc": COCO_VOC_INPUTS}
