@@ -51,6 +51,19 @@ include: "rules/figures.smk"
 include: "rules/bench.smk"
 
 
+# Local runs fork every job's run from one warm `ifss fork-server` (config fork_server).
+onstart:
+    start_fork_server()
+
+
+onsuccess:
+    stop_fork_server()
+
+
+onerror:
+    stop_fork_server()
+
+
 rule all:
     input:
         MATRIX.all_targets(),

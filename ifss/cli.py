@@ -1,5 +1,5 @@
-"""`ifss train|eval|pseudo-labels|synth|splits|download|convert-coco|coco-voc|weights|bench`:
-parse, call, report errors."""
+"""`ifss train|eval|pseudo-labels|synth|splits|download|convert-coco|coco-voc|weights|bench|
+fork-server`: parse, call, report errors."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,12 @@ def _bench(args) -> None:
     run_bench(device=args.device, quick=args.quick, out_dir=Path(args.out))
 
 
+def _fork_server(args) -> None:
+    from ifss.fork_server import serve
+
+    serve(args.socket)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ifss", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,10 +179,26 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="CI-sized (seconds)")
     b.add_argument("--out", default="results/bench", help="folder for <device>.json and .md")
     b.set_defaults(func=_bench)
+
+    f = sub.add_parser("fork-server", help="one warm process that runs `ifss train | eval | "
+                       "pseudo-labels` in forked children (torch imported once); commands use it "
+                       "when $IFSS_FORK_SERVER names its socket (the local workflow starts one)")
+    f.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    f.set_defaults(func=_fork_server)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `ifss` command: in the fork server when one is set and serves it, else here."""
+    from ifss.fork_server import run_in_server
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = run_in_server(argv)
+    return run_command(argv) if code is None else code
+
+
+def run_command(argv: list[str]) -> int:
+    """Run `ifss argv` in this process; the exit code."""
     args = parser().parse_args(argv)
     try:
         args.func(args)

@@ -263,7 +263,7 @@ def _train(run: ResolvedRun, run_dir: Path, runtime: Runtime, log_to_file) -> di
     record = metrics_record(run, summary, {
         "iterations": iterations, "train_images": len(data.train),
         "device": str(runtime.device), "world_size": runtime.world,
-        "wall_time_s": round(time.time() - started, 2),
+        "threads": torch.get_num_threads(), "wall_time_s": round(time.time() - started, 2),
     }, tests)
     if runtime.is_main:
         save_model(run_dir / "model.pt", model, run, method)

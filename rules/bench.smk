@@ -1,7 +1,7 @@
 # `ifss bench`: speed and memory against bare PyTorch. On demand only (not part of `all`):
 #   snakemake --cores all results/bench/cpu.json        (results/bench/cuda.json on a GPU)
 # It runs locally (also under the SLURM profile) on every core, so no other job disturbs the
-# measurement; `--config bench_quick=true` gives the CI-sized run.
+# measurement; `--config bench_quick=True` gives the CI-sized run.
 
 
 rule bench:

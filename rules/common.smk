@@ -4,6 +4,7 @@
 
 import functools
 import os
+import shutil
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -230,3 +231,38 @@ def bench_quick_flag(wildcards):
 
 def bench_gpus(wildcards):
     return int(wildcards.device == "cuda")
+
+
+# ----------------------------------------------------------------- the fork server
+
+
+FORK_SERVER = {}  # "process": the ServerProcess of this invocation, while it runs
+
+
+def start_fork_server():
+    """Local runs: jobs' `ifss train | eval | pseudo-labels` are forked from one warm process
+    (config fork_server, ifss/fork_server.py). Not for remote executors (SLURM: the socket is on
+    this machine) nor conda environments (another interpreter: it would refuse every job)."""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod, ExecMode
+
+    from ifss import fork_server
+
+    ifss = shutil.which("ifss")
+    if (
+        MATRIX.config["fork_server"]
+        and workflow.local_exec
+        and workflow.exec_mode == ExecMode.DEFAULT
+        and DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
+        and fork_server.available()
+        and ifss
+    ):
+        try:
+            FORK_SERVER["process"] = fork_server.ServerProcess([ifss], "logs/fork-server.log")
+        except RuntimeError as err:  # only slower without it
+            logger.warning(f"ifss: {err}; every job imports torch itself")
+
+
+def stop_fork_server():
+    server = FORK_SERVER.pop("process", None)
+    if server:
+        server.stop()

@@ -22,7 +22,8 @@ from ifss.methods.registry import METHODS
 
 FIXED = ("step_overhead", "checkpoint_overhead", "eval_throughput", "loader_vs_train",
          "memory.train_step", "memory.mclos_banks", "workflow.total",
-         "simformer.matching_share", "simformer.crosim_over_seg",
+         "simformer.matching_share", "simformer.crosim_over_seg", "startup.process",
+         "startup.forked", "startup.forked_vs_process",
          *throughput.PRECISION_FIGURES)
 FIGURE_KEYS = {"value", "unit", "target", "met", "note", "description", "sizes", "warmup",
                "repeats", "details"}
@@ -70,7 +71,8 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
         assert isinstance(fig["sizes"], dict) and isinstance(fig["details"], dict), name
     # the measured figures of a quick CPU run are numbers (their size is not checked)
     for name in ("step_overhead", "eval_throughput", "loader_vs_train", "memory.train_step",
-                 "method.PIFS", "method.COS"):
+                 "method.PIFS", "method.COS", "startup.process", "startup.forked",
+                 "startup.forked_vs_process"):
         assert figures[name]["value"] > 0, name
     assert figures["step_overhead"]["target"] == {"op": "<=", "value": 1.05}
     assert figures["step_overhead"]["repeats"] == sizes_for("cpu", True).repeats

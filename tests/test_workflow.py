@@ -125,6 +125,9 @@ def default_config() -> dict:
      "config key 'train.iterations' needs an integer, got 'many'"),
     (lambda c: c["run"].update(data={"root": "elsewhere"}),
      "run.data.root is set by the workflow"),
+    (lambda c: c.update(fork_server="false"),  # what `--config fork_server=false` gives
+     "config key 'fork_server': 'false' is a string; write False (e.g. --config "
+     "fork_server=False)"),
     (lambda c: c["tables"]["demo"].update(methods=["FT", "PFIS"]),
      "unknown method 'PFIS' (did you mean PIFS"),
     (lambda c: c["tables"]["demo"].update(tasks=["5-0", "5-9"]),
@@ -516,6 +519,24 @@ def e2e(tmp_path_factory):
     assert rc == 0, out[-5000:]
     print(f"\nend-to-end synthetic workflow: {job_counts(out)['total']} jobs in {seconds:.0f} s")
     return workdir, config, out
+
+
+@pytest.mark.slow
+def test_e2e_jobs_ran_in_one_fork_server_that_is_gone(e2e):
+    workdir, _, out = e2e
+    log = (workdir / "logs" / "fork-server.log").read_text()
+    server = int(re.search(r"serving \S+ \(pid (\d+);", log)[1])
+    forked = re.findall(r"pid \d+: ifss (\S+)", log)
+    counts = job_counts(out)
+    assert forked.count("train") == sum(counts.get(rule, 0) for rule in (
+        "train_step0", "train_step", "train_continual_step0", "train_continual", "train_weakshot"))
+    assert forked.count("pseudo-labels") == counts["pseudo_labels"]
+    assert forked.count("eval") == counts.get("evaluate_episodic", 0)
+    assert log.count(": exit 0") == len(forked)
+    assert log.rstrip().endswith("stopping (SIGTERM)")
+    assert not Path(f"/proc/{server}").exists()
+    job_logs = " ".join(p.read_text() for p in (workdir / "logs" / "runs").rglob("*.log"))
+    assert "fork server" not in job_logs  # none was refused
 
 
 @pytest.mark.slow

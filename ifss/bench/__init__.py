@@ -23,7 +23,7 @@ from ifss.bench.sizes import Sizes, sizes_for
 __all__ = ["Sizes", "run_bench", "sizes_for"]
 
 DEFAULT_SECTIONS = ("step", "memory", "eval", "loader", "methods", "banks", "workflow",
-                    "precision", "episodes", "simformer")
+                    "precision", "episodes", "simformer", "startup")
 
 
 def _log(message: str) -> None:

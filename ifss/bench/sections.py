@@ -10,9 +10,11 @@
 7. precision (CUDA)  bf16 autocast + channels_last + cudnn.benchmark vs fp32 eager
 8. episodes          few-shot heads of E episodes trained as one batch vs one at a time
 9. simformer         SimFormer's matching share of a step; similarity-stage step / seg step
+10. startup          a zero-iteration `ifss train` job forked from a fork server / its own process
 
 1-2 are in ifss.bench.step_cost, 3, 4 and 7 in ifss.bench.throughput, 5-6 in
-ifss.bench.resources, 8 in ifss.bench.episodes, 9 in ifss.bench.simformer.
+ifss.bench.resources, 8 in ifss.bench.episodes, 9 in ifss.bench.simformer, 10 in
+ifss.bench.startup.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ifss.bench.episodes import episodes
 from ifss.bench.report import skipped
 from ifss.bench.resources import memory, memory_banks, workflow_scale
 from ifss.bench.simformer import simformer
+from ifss.bench.startup import startup
 from ifss.bench.step_cost import method_overhead, step_overhead
 from ifss.bench.throughput import evaluation, input_pipeline, precision
 
@@ -41,10 +44,12 @@ SECTIONS: dict[str, Callable[[Context], dict]] = {
     "precision": precision,
     "episodes": episodes,
     "simformer": simformer,
+    "startup": startup,
 }
 # The order figures appear in (the issue's numbering), whatever order the sections run in.
 FIGURE_ORDER = ("step_overhead", "checkpoint_overhead", "method.", "eval_throughput",
-                "loader_vs_train", "memory.", "workflow.", "precision.", "episodes.", "simformer.")
+                "loader_vs_train", "memory.", "workflow.", "precision.", "episodes.", "simformer.",
+                "startup.")
 
 
 def ordered(figures: dict) -> dict:

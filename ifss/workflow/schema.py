@@ -46,4 +46,9 @@ def schema_error_message(err) -> str:
         return str(unknown("config key", extra[0], allowed, section))  # the first, if several
     if err.validator == "propertyNames":
         return f"{where}: name {err.instance!r} is not allowed ({err.message})"
+    if (err.validator == "type" and err.validator_value == "boolean"
+            and isinstance(err.instance, str) and err.instance.lower() in ("true", "false")):
+        # Snakemake's --config reads only True and False as booleans
+        return (f"{where}: {err.instance!r} is a string; write {err.instance.capitalize()} "
+                f"(e.g. --config {path}={err.instance.capitalize()})")
     return f"{where}: {err.message}"
