@@ -94,13 +94,16 @@ def _request(argv: list[str]) -> dict:
 
 
 def _package_origins() -> dict:
-    """Where this interpreter would import each checked package from (without importing it)."""
+    """{package: [file, its modification time in ns]}: where this interpreter imports each checked
+    package from (without importing it); a package reinstalled since the server imported it has
+    another time."""
     from importlib.util import find_spec
 
     origins = {}
     for name in CHECKED_PACKAGES:
         spec = find_spec(name) if name not in sys.modules else sys.modules[name].__spec__
-        origins[name] = os.path.realpath(spec.origin) if spec and spec.origin else None
+        path = os.path.realpath(spec.origin) if spec and spec.origin else None
+        origins[name] = [path, os.stat(path).st_mtime_ns] if path else None
     return origins
 
 
@@ -296,8 +299,12 @@ class _Server:
         if request["python"] != self.python:
             return f"another Python: {request['python']}, the server runs {self.python}"
         for name, origin in request["packages"].items():
-            if origin != self.packages.get(name):
-                return f"{name} resolves to {origin}, the server's is {self.packages.get(name)}"
+            theirs = self.packages.get(name)
+            if origin != theirs:
+                if origin and theirs and origin[0] == theirs[0]:
+                    return f"{name} was reinstalled since the server imported it"
+                return (f"{name} is {origin and origin[0]} here, "
+                        f"the server's is {theirs and theirs[0]}")
         env = request["env"]
         differ = [name for name in sorted(set(env) | set(self.env))
                   if name not in PER_JOB_ENV and env.get(name) != self.env.get(name)]

@@ -178,3 +178,35 @@ def test_commands_that_are_not_forked(tmp_path, monkeypatch):
     assert fork_server.run_in_server([]) is None
     monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker runs in its own process
     assert fork_server.run_in_server(["train"]) is None
+
+
+def test_what_a_server_refuses(tmp_path):
+    """The decision alone: the same interpreter, packages (files and times) and environment but
+    for per-job variables, or a reason naming what differs."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        env = {"PATH": "/bin", "HOME": "/root"}
+        packages = fork_server._package_origins()
+        server = fork_server._Server(listener, env, {}, packages)
+        try:
+            def request(**change):
+                base = {"python": os.path.realpath(sys.executable), "env": dict(env),
+                        "packages": {k: list(v) for k, v in packages.items()}}
+                base.update(change)
+                return base
+            assert server._refusal(request()) is None
+            per_job = dict(env, OMP_NUM_THREADS="1", TMPDIR="/x", CUDA_VISIBLE_DEVICES="1")
+            assert server._refusal(request(env=per_job)) is None
+            assert "another Python" in server._refusal(request(python="/usr/bin/python9"))
+            assert "PYTHONPATH" in server._refusal(request(env=dict(env, PYTHONPATH="/src")))
+            assert "HOME" in server._refusal(request(env={"PATH": "/bin"}))
+            moved = request()
+            moved["packages"]["torch"] = ["/elsewhere/torch/__init__.py", 1]
+            assert "torch is /elsewhere/torch/__init__.py here" in server._refusal(moved)
+            touched = request()
+            touched["packages"]["numpy"][1] += 1
+            assert server._refusal(touched) == \
+                "numpy was reinstalled since the server imported it"
+        finally:
+            server.close()
