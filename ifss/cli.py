@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     from ifss.fork_server import run_in_server
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    code = run_in_server(argv)
+    try:
+        code = run_in_server(argv)
+    except KeyboardInterrupt:  # before the server's run began (after: the run reports it)
+        print("ifss: interrupted", file=sys.stderr)
+        return 130
     return run_command(argv) if code is None else code
 
 

@@ -60,15 +60,15 @@ def run_in_server(argv: list[str]) -> int | None:
     path = os.environ.get(ENV_VAR)
     if not path or not argv or argv[0] not in COMMANDS or "WORLD_SIZE" in os.environ:
         return None
-    try:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(path)
-    except OSError as err:
-        _note(f"the fork server {path} is not there ({err.strerror or err}); "
-              "running in this process")
-        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with conn:
-        _send_request(conn, _request(argv))
+        try:
+            conn.connect(path)
+            _send_request(conn, _request(argv))  # nothing runs until the server has it all
+        except OSError as err:  # no server there, or a standard stream closed (EBADF)
+            _note(f"the fork server {path} could not take this command "
+                  f"({err.strerror or err}); running in this process")
+            return None
         replies = conn.makefile("rb")
         for line in replies:
             reply = json.loads(line)
