@@ -8,6 +8,8 @@ alternate in one bench run, each a subprocess timed from spawn to exit.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import sys
 import time
@@ -35,10 +37,9 @@ def startup(ctx: Context) -> dict:
                 "data.crop_size": 48, "train.iterations": 0, "train.device": "cpu",
                 "eval.batch_size": 8}
     command = [*IFSS, "train", *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))]
-    server = fork_server.ServerProcess(IFSS, str(ctx.work / "fork-server.log"))
-    env = {k: v for k, v in server.env.items() if k != fork_server.ENV_VAR}
-    env["OMP_NUM_THREADS"] = "1"
-    runs = iter(range(10**6))
+    env = {k: v for k, v in os.environ.items() if k != fork_server.ENV_VAR}
+    env["OMP_NUM_THREADS"] = "1"  # a job's own count; the server is started without it
+    runs = itertools.count()
 
     def job(socket: str | None):
         def timed() -> float:
@@ -60,15 +61,17 @@ def startup(ctx: Context) -> dict:
                        timeout=600)
         return time.perf_counter() - start
 
+    repeats, server = (2 if ctx.quick else 5), None
     try:
-        repeats = 2 if ctx.quick else 5
+        server = fork_server.ServerProcess(IFSS, str(ctx.work / "fork-server.log"))
         samples = interleaved({"process": job(None), "forked": job(server.socket),
                                "import": imports}, warmup=1, repeats=repeats)
     except (RuntimeError, subprocess.SubprocessError) as err:
         return {"startup.forked_vs_process": skipped("ratio", error_line(err), description=desc,
                                                      target=TARGET)}
     finally:
-        server.stop()
+        if server:
+            server.stop()
     process, forked = samples.median("process"), samples.median("forked")
     sizes = {"backbone": "resnet_tiny", "crop": 48, "eval_images": 8, "iterations": 0}
     return {
