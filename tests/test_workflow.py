@@ -523,7 +523,12 @@ def e2e(tmp_path_factory):
 
 @pytest.mark.slow
 def test_e2e_jobs_ran_in_one_fork_server_that_is_gone(e2e):
+    from ifss import fork_server
+
     workdir, _, out = e2e
+    if not fork_server.available():  # not Linux >= 5.3: every job ran in its own process
+        assert not (workdir / "logs" / "fork-server.log").exists()
+        return
     log = (workdir / "logs" / "fork-server.log").read_text()
     server = int(re.search(r"serving \S+ \(pid (\d+);", log)[1])
     forked = re.findall(r"pid \d+: ifss (\S+)", log)
