@@ -57,6 +57,16 @@ def wait_for_fork(log: Path, timeout: float = 60) -> int:
     raise AssertionError(f"no run forked: {log.read_text()}")
 
 
+def logged(log: Path, text: str, timeout: float = 20) -> bool:
+    """`text` is in the server's log (it writes a child's exit just after reaping it)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def gone(pid: int, timeout: float = 20) -> bool:
     """The process has ended and been reaped (no /proc entry, or a zombie's state)."""
     deadline = time.monotonic() + timeout
@@ -101,7 +111,7 @@ def test_errors_and_exit_codes_come_through(synth_root, tmp_path, server):
     assert proc.returncode == 2
     assert proc.stderr.startswith("ifss: error:") and "5-9" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert len(forked_pids(log)) == 1 and "exit 2" in log.read_text()
+    assert len(forked_pids(log)) == 1 and logged(log, "exit 2")
 
 
 def test_a_request_it_cannot_serve_runs_in_the_clients_process(synth_root, tmp_path, server):
@@ -138,7 +148,7 @@ def test_sigterm_to_the_client_ends_the_run_as_it_would_end_a_process(synth_root
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=60) == -signal.SIGTERM
     assert gone(child)
-    assert f"pid {child}: exit -{int(signal.SIGTERM)}" in log.read_text()
+    assert logged(log, f"pid {child}: exit -{int(signal.SIGTERM)}")
 
 
 def test_a_killed_client_takes_its_run_with_it(synth_root, tmp_path, server):
@@ -170,7 +180,7 @@ def test_a_stopped_server_ends_its_runs(synth_root, tmp_path, server):
     process.stop()
     assert client.wait(timeout=60) == -signal.SIGTERM
     assert gone(child)
-    assert "stopping (SIGTERM)" in log.read_text()
+    assert logged(log, "stopping (SIGTERM)")
 
 
 def test_commands_that_are_not_forked(tmp_path, monkeypatch):
