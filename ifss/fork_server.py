@@ -33,6 +33,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 ENV_VAR = "IFSS_FORK_SERVER"
 COMMANDS = frozenset({"train", "eval", "pseudo-labels"})  # the torch-heavy ones
@@ -116,10 +117,7 @@ def _send_request(conn: socket.socket, request: dict) -> None:
 
 def _forward_signals(child: int) -> None:
     def forward(signum, _frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
+        _kill(child, signum)
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
 
@@ -151,17 +149,16 @@ class ServerProcess:
         import atexit
         import subprocess
         import tempfile
-        import time
 
         self.folder = tempfile.mkdtemp(prefix="ifss-fork-")  # 0700; a short path (AF_UNIX: 108)
         self.socket = os.path.join(self.folder, "socket")
         os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
         self.env = dict(os.environ)  # the server's: a job with the same (but per-job) is served
+        self.replaced = os.environ.get(ENV_VAR)  # given back by stop()
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [*ifss, "fork-server", "--socket", self.socket], stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
-        self.replaced = None
         atexit.register(self.stop)
         deadline = time.monotonic() + 60
         while not os.path.exists(self.socket):
@@ -169,7 +166,6 @@ class ServerProcess:
                 self.stop()
                 raise RuntimeError(f"the fork server did not start (see {log})")
             time.sleep(0.01)
-        self.replaced = os.environ.get(ENV_VAR)
         os.environ[ENV_VAR] = self.socket
 
     def stop(self) -> None:
@@ -254,7 +250,7 @@ class _Server:
                 self._accept()
             elif kind == "client":  # the client went away (or broke protocol): end its run
                 self.selector.unregister(key.fileobj)
-                self._kill(pid, signal.SIGTERM)
+                _kill(pid, signal.SIGTERM)
             else:
                 self._reap(pid)
 
@@ -293,7 +289,7 @@ class _Server:
         try:
             _reply(conn, {"pid": pid})
         except OSError:
-            self._kill(pid, signal.SIGTERM)
+            _kill(pid, signal.SIGTERM)
 
     def _refusal(self, request: dict) -> str | None:
         if request["python"] != self.python:
@@ -327,12 +323,8 @@ class _Server:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.set_wakeup_fd(-1)
         _die_with_parent()
-        self.selector.close()
-        for fd in self.wakeup:
-            os.close(fd)
-        self.listener.close()
+        self._release()
         conn.close()
         for client, pidfd in self.children.values():
             client.close()
@@ -355,23 +347,29 @@ class _Server:
             pass  # the client is gone
         conn.close()
 
-    def _kill(self, pid: int, signum: int) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
     def close(self) -> None:
         """End every running child (their clients are told they were killed) and stop."""
         for pid in list(self.children):
-            self._kill(pid, signal.SIGTERM)
+            _kill(pid, signal.SIGTERM)
         for pid in list(self.children):
             self._reap(pid)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the server's own descriptors: the selector, the signal pipe, the listener."""
         signal.set_wakeup_fd(-1)
         self.selector.close()
-        self.listener.close()
         for fd in self.wakeup:
             os.close(fd)
+        self.listener.close()
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # already ended
 
 
 def _receive_request(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -462,6 +460,4 @@ def _run_command(argv: list[str]) -> int:
 
 
 def _log(text: str) -> None:
-    import time
-
     print(f"{time.strftime('%H:%M:%S')} fork server: {text}", file=sys.stderr, flush=True)
