@@ -67,6 +67,9 @@ def resolve(cfg: RunConfig, training: bool = True) -> ResolvedRun:
             f"method {info.name} has no step-0 training; its step 1 starts from the step-0 run of "
             f"method {info.base} (train that with method={info.base})"
         )
+    if cfg.step > 0 and info.step0_only:
+        raise IfssError(f"method {info.name} pre-trains the step-0 model only and has no step "
+                        f"{cfg.step}; evaluate its model.pt with a few-shot method")
     if cfg.step > 0 and not cfg.previous:
         raise IfssError(f"step {cfg.step} needs the model of step {cfg.step - 1}: "
                         "set previous=PATH/model.pt")

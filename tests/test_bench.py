@@ -122,7 +122,8 @@ def test_markdown_table(quick):
     assert "| figure | value | unit | target | met | sizes | note |" in text
     for name in rec["figures"]:
         assert f"| {name} |" in text
-    assert "## Methods (step 1)" in text and "| PIFS |" in text
+    assert "## Methods (step 1; step-0-only methods at step 0)" in text
+    assert "| PIFS | 1 |" in text and "| PSP-CTR | 0 |" in text
 
 
 def test_method_table(quick):
@@ -155,6 +156,25 @@ def test_method_table(quick):
                 assert entry["note"] is None, (name, entry["note"])
     for name in ("FT", "COS", "RT", "SPN", "PIFS", "WI", "MIB"):  # nothing carried to step 1
         assert methods[name]["carried_state"] is False, name
+
+
+def test_step0_only_methods_are_timed_at_step_0(quick):
+    """PSP and PSP-CTR train step 0 only: timed there, PSP against FT's step 0 (a reference
+    beside FT, not a figure), PSP-CTR against PSP with the GFSS issue's 1.3 bound."""
+    _, rec = quick
+    methods, figures = rec["methods"], rec["figures"]
+    assert methods["FT.step0"]["step"] == 0 and methods["FT.step0"]["step_s"] > 0
+    assert "method.FT.step0" not in figures
+    assert methods["FT"]["step"] == 1 and methods["PIFS"]["step"] == 1
+    for name, reference in (("PSP", "FT.step0"), ("PSP-CTR", "PSP")):
+        entry = methods[name]
+        assert entry["step"] == 0 and entry["trains"] is True and entry["step_s"] > 0, name
+        assert entry["reference"] == reference and entry["note"] is None, name
+        assert entry["carried_state"] is False, name  # step 0 starts from nothing of its own
+        assert figures[f"method.{name}"]["value"] == pytest.approx(entry["ratio"]), name
+        assert "step 0" in figures[f"method.{name}"]["description"], name
+    assert figures["method.PSP-CTR"]["target"] == {"op": "<=", "value": 1.3}
+    assert figures["method.PSP"]["target"] is None
 
 
 CARRYING = ("EWC", "RW", "PI", "SDR", "DWI", "MCLOS")  # state from their own step 0

@@ -223,10 +223,17 @@ def test_registry_presets():
 
 
 def test_step0_only():
-    with pytest.raises(IfssError, match="step-0 model only"):
-        Pretraining(PretrainContrastParams(), RunConfig(method="PSP-CTR", step=1), CPU)
-    with pytest.raises(IfssError, match="step-0 model only"):
-        Pretraining.data_needs(RunConfig(method="PSP", step=2))
+    """The registry marks both presets step-0-only and the run builder refuses their step 1
+    (the end-to-end refusal, before any write: test_psp_ctr_refuses_step1)."""
+    from ifss.builder import resolve
+
+    assert method_info("PSP").step0_only and method_info("PSP-CTR").step0_only
+    assert not method_info("FT").step0_only
+    for method in ("PSP", "PSP-CTR"):
+        with pytest.raises(IfssError, match=f"{method} pre-trains the step-0 model only and has "
+                                            "no step 1"):
+            resolve(RunConfig(method=method, step=1, previous="step0/model.pt"))
+        assert resolve(RunConfig(method=method, step=0)).cfg.step == 0
 
 
 def test_projection_lr_mult_and_modules():

@@ -209,6 +209,11 @@ def test_unknown_names_in_requests(call, message):
      "overrides.x.when.setting: 'XS' is not one of SS, MS"),
     (lambda c: c["tables"]["t"].update(methods=["FT", "PFIS"]),
      "tables.t.methods: unknown method 'PFIS' (did you mean PIFS"),
+    (lambda c: c["tables"]["t"].update(methods=["FT", "PSP"]),
+     "tables.t.methods: 'PSP' pre-trains a step-0 model only and has no incremental steps; use "
+     "it as a backbone of an episodic table (rows: {NAME: {backbone: PSP}})"),
+    (lambda c: c["figures"]["f"].update(methods=["FT", "PSP-CTR"]),
+     "figures.f.methods: 'PSP-CTR' pre-trains a step-0 model only"),
 ])
 def test_config_errors_name_the_key(edit, message):
     with pytest.raises(IfssError) as err:

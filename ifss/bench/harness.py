@@ -91,7 +91,7 @@ class MemorySet(Dataset):
 
 @dataclass
 class Setup:
-    """One method's step-1 run, prepared and ready to train."""
+    """One method's step-1 (or step-0) run, prepared and ready to train."""
 
     name: str
     info: MethodInfo
@@ -150,22 +150,24 @@ def base_state(sizes: Sizes, runtime: Runtime, root: Path, images: int = 4) -> d
 
 def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: Path,
                 iterations: int | None = None, base: dict | None = None,
-                step0_iterations: int | None = None, train: dict | None = None) -> Setup:
-    """Method `name` at step 1 of the benchmark task, as `ifss train` would prepare it, from the
-    "step-0" weights `base` (ifss.bench.harness.base_state; None: random init) and, for a method
-    with its own step-0 run, the state that run carries (`carried_state`, `step0_iterations`
-    iterations; made before anything of step 1, and never timed).
+                step0_iterations: int | None = None, train: dict | None = None,
+                step: int = 1) -> Setup:
+    """Method `name` at step `step` of the benchmark task (1; 0 for a step-0-only method and its
+    reference), as `ifss train` would prepare it, from the "step-0" weights `base`
+    (ifss.bench.harness.base_state; None: random init) and, at step 1 for a method with its own
+    step-0 run, the state that run carries (`carried_state`, `step0_iterations` iterations; made
+    before anything of step 1, and never timed).
     Raises whatever the method raises (the caller turns that into a note); Step0Error when its
     step-0 run failed."""
     from ifss.builder import build_method, place, resolve
 
-    run = resolve(run_config(name, sizes, runtime, root, iterations=iterations, train=train),
-                  training=False)
+    run = resolve(run_config(name, sizes, runtime, root, step=step, iterations=iterations,
+                             train=train), training=False)
     cfg, info = run.cfg, run.info
     start = time.perf_counter()
     try:
-        ckpt = carried_state(name, sizes, runtime, root, run_dir / "step0", base,
-                             step0_iterations)
+        ckpt = None if step == 0 else carried_state(name, sizes, runtime, root,
+                                                    run_dir / "step0", base, step0_iterations)
     except Exception as err:  # noqa: BLE001 - one clear line for the bench's note
         lines = str(err).strip().splitlines()
         raise Step0Error(f"its step-0 run failed: {type(err).__name__}: "
@@ -173,7 +175,7 @@ def build_setup(name: str, sizes: Sizes, runtime: Runtime, root: Path, run_dir: 
     step0_s = time.perf_counter() - start if ckpt is not None else None
     data, model = seeded_step(run, runtime, base)
     old = None
-    if run.method_cls.uses_old_model:
+    if run.method_cls.uses_old_model and cfg.step > 0:
         old = run.model(cfg.step - 1)
         load_matching(old, model.state_dict())  # the previous step's model
         old.to(runtime.device).eval().requires_grad_(False)

@@ -102,13 +102,14 @@ def markdown(record: dict) -> str:
                      f"{_target(fig)} | {_met(fig)} | {_sizes(fig)} | {note} |")
     methods = h.get("methods") or {}
     if methods:
-        lines += ["", "## Methods (step 1)", "",
-                  "| method | trains | step s | vs | ratio | prepare s | state MiB | "
+        lines += ["", "## Methods (step 1; step-0-only methods at step 0)", "",
+                  "| method | step | trains | step s | vs | ratio | prepare s | state MiB | "
                   "carried state | note |",
-                  "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+                  "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
         for name, m in methods.items():
             lines.append(
-                f"| {name} | {_fmt(m.get('trains'), '')} | {_fmt(m.get('step_s'), 's')} | "
+                f"| {name} | {m.get('step', '')} | {_fmt(m.get('trains'), '')} | "
+                f"{_fmt(m.get('step_s'), 's')} | "
                 f"{m.get('reference') or ''} | {_fmt(m.get('ratio'), 'ratio')} | "
                 f"{_fmt(m.get('prepare_s'), 's')} | {_fmt(m.get('state_mib'), 'MiB')} | "
                 f"{'yes' if m.get('carried_state') else ''} | "

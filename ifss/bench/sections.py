@@ -2,7 +2,8 @@
 (`ifss.bench.context.Context`) and returns {figure name: figure}.
 
 1. step overhead     ifss training step (FT through engine.train) / bare fwd+bwd+SGD step
-2. method overhead   each method's step / FT's (MCLOS / PIFS), or its prepare time
+2. method overhead   each method's step / FT's (MCLOS / PIFS, PSP-CTR / PSP; step-0-only
+                     methods at step 0), or its prepare time
 3. evaluation        images/s of engine.evaluate_dense / images/s of bare forward passes
 4. input pipeline    data-loader images/s (configured workers) / training images/s
 5. memory            peak RSS (CPU) or peak allocated (CUDA) of a training step; MCLOS banks

@@ -1,6 +1,7 @@
 """PSP and PSP-CTR: the GFSS capstone's pre-training of the segmentation backbone on the base
 classes of a fold (seed 003 §3.3 Eq. 1-3 and §4.2; research/wilson_sdr_gfss_simformer.md §C.2).
-A step-0 method only: the pre-trained model is then evaluated episodically by another method.
+A step-0 method only (registry: step0_only; ifss.builder refuses its step 1): the pre-trained
+model is then evaluated episodically by another method.
 
     L = CE_ε(logits, labels) + contrast_weight * L_ctr(projection(features))       (Eq. 3)
 
@@ -22,7 +23,6 @@ import torch
 from torch import nn
 
 from ifss.config import RunConfig
-from ifss.errors import IfssError
 from ifss.losses import segmentation_ce
 from ifss.methods.base import Method
 from ifss.methods.params import PretrainParams
@@ -35,14 +35,6 @@ class Pretraining(Method):
     def __init__(self, params: PretrainParams, cfg: RunConfig, runtime):
         super().__init__(params, cfg, runtime)
         self.projection: ProjectionHead | None = None
-
-    @classmethod
-    def data_needs(cls, cfg: RunConfig) -> frozenset[str]:
-        # refused here, before any data or model is built for a step it does not train
-        if cfg.step != 0:
-            raise IfssError(f"method {cfg.method} pre-trains the step-0 model only and has no "
-                            f"step {cfg.step}; evaluate its model.pt with a few-shot method")
-        return super().data_needs(cfg)
 
     def build_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         if self.params.contrast_weight <= 0:

@@ -25,6 +25,8 @@ class MethodInfo:
     # True: a weak-shot method (data.protocol weakshot): its step 1 trains from ImageNet weights,
     # there is no step-0 run, and it trains under no other protocol
     weakshot: bool = False
+    # True: it trains a step-0 model only (a backbone others evaluate), there is no step 1
+    step0_only: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -72,9 +74,9 @@ METHODS: dict[str, MethodInfo] = {
         # GFSS pre-training of PSPNet on the base classes (seed 003 §3.3, §4.2): step 0 only;
         # two presets of one class, each its own step-0 run (a variant would share one)
         MethodInfo("PSP", "ifss.methods.pretraining", "Pretraining", "PSP", "linear", step0=True,
-                   params=P.PretrainParams),
+                   step0_only=True, params=P.PretrainParams),
         MethodInfo("PSP-CTR", "ifss.methods.pretraining", "Pretraining", "PSP-CTR", "linear",
-                   step0=True, params=P.PretrainContrastParams),
+                   step0=True, step0_only=True, params=P.PretrainContrastParams),
         # weak-shot segmentation with a mask-transformer (seed 002): base classes from pixel
         # labels, novel ones from image labels; seg, seg + similarity and retraining are presets
         MethodInfo("SimFormer", "ifss.methods.simformer", "SimFormer", "SimFormer", "linear",

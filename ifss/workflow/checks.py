@@ -208,11 +208,18 @@ def check_pseudo_labels(methods: dict) -> None:
                                 "dataset's own labels (no pseudo_labels)")
 
 
-def check_names(names, where: str, methods: dict, weakshot: bool = False) -> None:
-    """Known names; weak-shot methods where `weakshot` (a weak-shot table), nowhere else."""
+def check_names(names, where: str, methods: dict, weakshot: bool = False,
+                steps: bool = True) -> None:
+    """Known names; weak-shot methods where `weakshot` (a weak-shot table), nowhere else; with
+    `steps` (the names train incremental steps), no step-0-only method."""
     for name in names:
         if method_of(methods, name) == name:  # a variant is checked with its entry
             check_method_name(name, where)
+        info = METHODS.get(method_of(methods, name))
+        if steps and info is not None and info.step0_only:
+            raise IfssError(f"{where}: {name!r} pre-trains a step-0 model only and has no "
+                            "incremental steps; use it as a backbone of an episodic table "
+                            f"(rows: {{NAME: {{backbone: {name}}}}})")
         if weakshot_method(methods, name) != weakshot and method_of(methods, name) in METHODS:
             if weakshot:
                 raise IfssError(f"{where}: {name!r} is not a weak-shot method, so it has no "
@@ -346,7 +353,7 @@ def check_episodic_table(cfg: dict, table: dict, where: str, steps: dict[str, in
     table.setdefault("metrics", ["novel"])
     check_metrics(table, where, EPISODIC_METRICS, "an episodic table")
     table["methods"] = list(dict.fromkeys(spec["backbone"] for spec in table["rows"].values()))
-    check_names(table["methods"], f"{where}.rows backbones", cfg["methods"])
+    check_names(table["methods"], f"{where}.rows backbones", cfg["methods"], steps=False)
     if "delta" in table and table["delta"] not in table["rows"]:
         raise IfssError(f"{where}.delta: {table['delta']!r} is not one of {where}.rows "
                         f"({', '.join(table['rows'])})")
