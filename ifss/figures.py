@@ -30,6 +30,7 @@ from ifss.data.build import build_step_data
 from ifss.data.incremental import IGNORE
 from ifss.data.synthetic import voc_palette
 from ifss.errors import IfssError
+from ifss.metrics import predicted_classes
 from ifss.tasks import Task
 
 
@@ -132,7 +133,7 @@ def embeddings_at(model: torch.nn.Module, image: torch.Tensor, points: np.ndarra
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:
     device = next(model.parameters()).device
-    return model(image.unsqueeze(0).to(device))["logits"].argmax(1)[0].cpu().numpy()
+    return predicted_classes(model(image.unsqueeze(0).to(device))["logits"])[0].cpu().numpy()
 
 
 def _test_samples(run: LoadedRun, count: int):

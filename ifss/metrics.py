@@ -19,11 +19,25 @@ IGNORE = 255
 
 
 def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
-    """N x C x H x W scores -> N x H x W class indices: `logits.argmax(1)`, with the same
-    first-maximum rule on ties, as `max(1).indices`, which takes half argmax's time on CPU for
-    NCHW scores (measured: 8 x 21 x 64 x 64, 2.8 vs 5.8 ms; 1 x 21 x 512 x 512, 21 vs 44 ms):
-    at the demo size that is a quarter of an evaluation batch."""
-    return logits.max(1).indices
+    """N x C x H x W scores -> N x H x W class indices: `logits.argmax(1)` (the first maximum on
+    ties, the first NaN where there is one), exactly.
+
+    On CPU torch reduces an NCHW tensor over its channel dimension one pixel at a time, while
+    `amax(1)` runs vectorised across pixels (measured on one thread: 8 x 21 x 64 x 64, argmax
+    5.6 ms, max(1).indices 2.8 ms, amax 0.05 ms). So the CPU path takes the maximum with amax and
+    finds its first channel from one more amax over `(logits == max) * rank`, with rank
+    C-1 .. 0 along the channels: 0.64 ms there, 21 -> 6.4 ms at 1 x 21 x 512 x 512. A pixel
+    whose maximum is NaN matches no channel, so then torch's own reduction decides. Elsewhere
+    (CUDA) torch's argmax is already vectorised."""
+    if logits.device.type != "cpu" or not logits.is_floating_point():
+        return logits.argmax(1)
+    top = logits.amax(1, keepdim=True)
+    if top.isnan().any():
+        return logits.argmax(1)
+    channels = logits.shape[1]
+    rank_type = torch.uint8 if channels <= 256 else torch.int32
+    rank = torch.arange(channels - 1, -1, -1, dtype=rank_type).view(1, channels, 1, 1)
+    return (channels - 1) - ((logits == top) * rank).amax(1).long()
 
 
 class ConfusionMatrix:

@@ -36,6 +36,7 @@ from torch import nn
 from ifss.losses import IGNORE, info_nce
 from ifss.memory import at_size, labels_at
 from ifss.methods.mclos import sample_anchors
+from ifss.metrics import predicted_classes
 from ifss.models.norm import NormFactory, norm_factory
 
 
@@ -93,7 +94,7 @@ def pixel_contrast(embeddings: torch.Tensor, labels: torch.Tensor, logits: torch
     n, d = embeddings.shape[:2]
     size = embeddings.shape[-2:]
     with torch.no_grad():
-        preds = at_size(logits.detach(), size).argmax(1).reshape(n, -1)
+        preds = predicted_classes(at_size(logits.detach(), size)).reshape(n, -1)
     index, classes, valid, _ = sample_pixel_anchors(
         labels_at(labels, size).reshape(n, -1), preds, logits.shape[1], max_samples, max_views,
         background_anchors)

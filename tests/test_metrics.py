@@ -144,3 +144,34 @@ def test_predicted_classes_is_argmax_with_its_tie_rule():
     tied[0, 1:3] = 1.0  # classes 1 and 2 share the maximum everywhere: the first wins
     assert torch.equal(predicted_classes(tied), torch.ones(1, 2, 2, dtype=torch.long))
     assert torch.equal(predicted_classes(tied), tied.argmax(1))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 21, 256, 257, 300])
+def test_predicted_classes_equals_argmax_at_every_channel_count(channels):
+    """The CPU path (amax, then the first channel equal to it) is argmax: random scores, integer
+    scores with many ties, and channel counts around its uint8 / int32 rank switch."""
+    gen = torch.Generator().manual_seed(channels)
+    scores = torch.randn(2, channels, 9, 7, generator=gen)
+    assert torch.equal(predicted_classes(scores), scores.argmax(1))
+    ties = torch.randint(0, 3, (2, channels, 9, 7), generator=gen).float()
+    assert torch.equal(predicted_classes(ties), ties.argmax(1))
+    assert predicted_classes(ties).dtype == torch.long
+
+
+def test_predicted_classes_special_values():
+    """-0.0 and 0.0 tie (first wins); infinities; a NaN wins where argmax says so (its first
+    NaN); bfloat16 scores (CPU autocast); integer scores go to torch's argmax."""
+    scores = torch.tensor([-0.0, 0.0, -1.0]).view(1, 3, 1, 1)
+    assert predicted_classes(scores).item() == 0
+    scores = torch.tensor([1.0, float("inf"), float("inf")]).view(1, 3, 1, 1)
+    assert predicted_classes(scores).item() == 1
+    scores = torch.full((1, 5, 2, 2), -float("inf"))
+    assert torch.equal(predicted_classes(scores), torch.zeros(1, 2, 2, dtype=torch.long))
+    nan = torch.randn(1, 6, 3, 3)
+    nan[0, 4, 1, 1] = nan[0, 2, 1, 1] = float("nan")
+    assert predicted_classes(nan)[0, 1, 1].item() == 2
+    assert torch.equal(predicted_classes(nan), nan.argmax(1))
+    half = torch.randn(2, 21, 8, 8).to(torch.bfloat16)
+    assert torch.equal(predicted_classes(half), half.argmax(1))
+    ints = torch.randint(0, 5, (2, 4, 3, 3))
+    assert torch.equal(predicted_classes(ints), ints.argmax(1))

@@ -56,6 +56,7 @@ from ifss.memory import ContrastMemory, at_size, group_runs, labels_at
 from ifss.methods.base import Method
 from ifss.methods.params import MCLOS_EXAMPLE_SAMPLING, MCLOSParams
 from ifss.methods.pifs import PIFS
+from ifss.metrics import predicted_classes
 
 EXAMPLE_SAMPLING = MCLOS_EXAMPLE_SAMPLING
 
@@ -266,7 +267,7 @@ class MCLOS(PIFS):
         preds = None
         if p.anchor_sampling == "hard":
             with torch.no_grad():
-                preds = at_size(logits.detach(), features.shape[-2:]).argmax(1).reshape(n, -1)
+                preds = predicted_classes(at_size(logits.detach(), features.shape[-2:])).reshape(n, -1)
         index, classes, valid, _ = sample_anchors(
             labels.reshape(n, -1), preds, c, p.anchors_per_class, p.max_anchors,
             p.anchor_min_pixels, hard=p.anchor_sampling == "hard")

@@ -68,6 +68,7 @@ from ifss.memory import at_size, labels_at
 from ifss.methods.base import Method
 from ifss.methods.mib import initialise_new_classifier
 from ifss.methods.params import SDRParams
+from ifss.metrics import predicted_classes
 
 log = logging.getLogger("ifss")
 
@@ -93,7 +94,7 @@ def old_class_labels(labels: torch.Tensor, old_logits: torch.Tensor, num_old: in
     if from_labels:
         old = labels
     else:
-        predicted = at_size(old_logits, labels.shape[-2:]).argmax(1)
+        predicted = predicted_classes(at_size(old_logits, labels.shape[-2:]))
         old = torch.where(labels == 0, predicted, IGNORE)
     return torch.where((old >= 1) & (old < num_old), old, IGNORE)
 

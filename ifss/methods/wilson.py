@@ -39,6 +39,7 @@ from ifss.data.build import StepData
 from ifss.errors import IfssError
 from ifss.methods.base import Method
 from ifss.methods.params import WILSONParams
+from ifss.metrics import predicted_classes
 from ifss.models.norm import norm_factory
 from ifss.pamr import balanced_self_supervision, denormalize, pamr, pseudo_mask
 from ifss.weak_losses import (classification_loss, ngwp_scores, one_hot_bce, prior_loss,
@@ -131,7 +132,7 @@ class WILSON(Method):
                 terms["loc"] = p.loss_loc * prior_loss(z_raw[:, :num_old], old_logits)
             elif p.prior == "ce":
                 terms["loc"] = p.loss_loc * F.cross_entropy(z_raw[:, :num_old],
-                                                            old_logits.argmax(1))
+                                                            predicted_classes(old_logits))
             terms["enc"] = p.loss_enc * F.mse_loss(body.float(), old_out["body"].float())
             zero = body.new_zeros((), dtype=torch.float32)
             terms["seg"], terms["sss"] = zero, zero
