@@ -95,6 +95,10 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
     assert bf16["target"] == {"op": "<=", "value": 1.25} and bf16["value"] > 0
     assert "train.teacher_precision=bf16" in bf16["description"]
     assert rec["methods"]["SDR.teacher_bf16"]["carried_state"] is True
+    # MiB with a bf16 teacher: its bound (1.30, the paper size's) is not applied at this size
+    mib_bf16 = figures["method.MIB.teacher_bf16"]
+    assert mib_bf16["value"] > 0 and mib_bf16["target"] is None
+    assert "train.teacher_precision=bf16" in mib_bf16["description"]
     # issue 16's quick-size margins over LWF; the paper-size bounds are not applied here
     lwf = rec["methods"]["LWF"]["vs_ft"]
     for name, bound in (("PIFS", 0.15), ("MIB", 0.10)):
