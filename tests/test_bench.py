@@ -106,8 +106,10 @@ def test_quick_record_has_every_figure_with_sane_types(quick):
         assert fig["target"] == {"op": "<=", "value": bound}, name
         assert fig["value"] == pytest.approx(rec["methods"][name]["vs_ft"] - lwf), name
         assert figures[f"method.{name}"]["target"] is None, name
-    if lwf > 1.25:  # a teacher method's target below LWF's floor says so
-        assert "LWF" in figures["method.SDR"]["note"]
+    sdr = figures["method.SDR"]
+    if lwf > 1.25 and sdr["met"] is False:  # a teacher method missing a bound below LWF's floor
+        assert "LWF" in sdr["note"]
+    assert bf16["note"] is None  # a bf16 teacher has another floor than LWF's float32 one
 
 
 def test_cuda_section_is_null_with_reason_on_cpu(quick):
@@ -356,3 +358,13 @@ def test_episodes_section_at_quick_size(tmp_path, one_thread):
     assert details["same_heads"] is True and details["differing_query_pixels"] == 0
     assert details["max_abs_weight_difference"] <= 1e-5
     assert details["batched_episodes_per_s"] > 0 and details["one_at_a_time_episodes_per_s"] > 0
+
+
+def test_reference_method_left_out_is_said(tmp_path, one_thread):
+    """A method whose target compares it with another method (PSP-CTR with PSP) that this run
+    does not time: compared with FT at its step instead, the target not applied, and said."""
+    rec = run_bench("cpu", True, tmp_path, sections=("methods",), methods=["PSP-CTR"])
+    entry, fig = rec["methods"]["PSP-CTR"], rec["figures"]["method.PSP-CTR"]
+    assert "PSP" not in rec["methods"] and entry["reference"] == "FT.step0"
+    assert entry["note"] == "PSP has no step time: compared with FT.step0, target not applied"
+    assert fig["target"] is None and fig["met"] is None and fig["value"] > 0
