@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 
@@ -25,6 +26,9 @@ from ifss.models import build_body, build_model, norm_factory
 from test_models import _to_iabn_key
 
 SLOPE = 0.01  # InPlace-ABN's leaky_relu slope, the one its ImageNet checkpoints were trained with
+# Devices of the layer and training tests: the CPU here and in CI; the GPU check
+# (.ci/device-check.sh) adds cuda, where InPlace-ABN's CUDA kernels are built and run
+DEVICES = os.environ.get("IFSS_TEST_DEVICES", "cpu").split(",")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +64,13 @@ def test_project_builder_makes_inplace_abn_with_leaky_relu_001(InPlaceABN):
     assert norm_factory("iabn", "leaky_relu")(8, "identity").activation == "identity"
 
 
-def test_eval_mode_equals_batchnorm_then_leaky_relu(InPlaceABN):
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_mode_equals_batchnorm_then_leaky_relu(InPlaceABN, device):
     torch.manual_seed(0)
     layer, bn = norm_factory("iabn", "leaky_relu")(6).eval(), torch.nn.BatchNorm2d(6).eval()
     _same_state(layer, bn, 6)
-    x = torch.randn(3, 6, 5, 7) * 2 + 0.5
+    layer, bn = layer.to(device), bn.to(device)
+    x = (torch.randn(3, 6, 5, 7) * 2 + 0.5).to(device)
     with torch.no_grad():
         expected = F.leaky_relu(bn(x), SLOPE)
         out = layer(x.clone())  # in place: it overwrites its input
@@ -73,12 +79,14 @@ def test_eval_mode_equals_batchnorm_then_leaky_relu(InPlaceABN):
     assert torch.equal(layer.running_mean, bn.running_mean)  # eval: statistics untouched
 
 
-def test_train_mode_output_statistics_and_gradients_equal_batchnorm(InPlaceABN):
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_mode_output_statistics_and_gradients_equal_batchnorm(InPlaceABN, device):
     torch.manual_seed(0)
     layer, bn = norm_factory("iabn", "leaky_relu")(6).train(), torch.nn.BatchNorm2d(6).train()
     _same_state(layer, bn, 6)
-    x = torch.randn(4, 6, 5, 7) * 2 + 0.5
-    grad_out = torch.randn(4, 6, 5, 7)
+    layer, bn = layer.to(device), bn.to(device)
+    x = (torch.randn(4, 6, 5, 7) * 2 + 0.5).to(device)
+    grad_out = torch.randn(4, 6, 5, 7).to(device)
 
     x_bn = x.clone().requires_grad_()
     expected = F.leaky_relu(bn(x_bn), SLOPE)
@@ -98,12 +106,15 @@ def test_train_mode_output_statistics_and_gradients_equal_batchnorm(InPlaceABN):
     torch.testing.assert_close(layer.bias.grad, bn.bias.grad, atol=1e-4, rtol=1e-4)
 
 
-def test_training_run_with_iabn(InPlaceABN, synth_root, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_run_with_iabn(InPlaceABN, synth_root, tmp_path, device):
+    """On CUDA under bf16 autocast (the papers' runs: InPlace-ABN with mixed precision)."""
     iterations = 3
     out = tmp_path / "run"
     metrics = run_tiny(synth_root, out, method="FT", **{
         "model.backbone": "resnet_tiny", "model.norm": "iabn", "model.activation": "leaky_relu",
-        "train.iterations": iterations, "train.log_every": 1})
+        "train.iterations": iterations, "train.log_every": 1, "train.device": device,
+        "train.amp": "bf16" if device == "cuda" else "none"})
 
     losses = [float(re.search(r" total (\S+)", line)[1])
               for line in (out / "log.txt").read_text().splitlines() if " iter " in line]
