@@ -213,8 +213,8 @@ def serve(path: str) -> None:
     _log(f"serving {path} (pid {os.getpid()}; preloaded {', '.join(PRELOAD)})")
 
     stopping: list[str] = []
-    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signal.Signals(signum).name))
-    signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signal.Signals(signum).name))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _: stopping.append(signal.Signals(number).name))
     try:
         while not stopping and os.getppid() == started_by:
             server.poll(timeout=1.0)
@@ -347,7 +347,6 @@ class _Server:
             pass  # the client is gone
         conn.close()
 
-
     def close(self) -> None:
         """End every running child (their clients are told they were killed) and stop."""
         for pid in list(self.children):
@@ -374,21 +373,22 @@ def _kill(pid: int, signum: int) -> None:
 
 def _receive_request(conn: socket.socket) -> tuple[dict, list[int]]:
     head, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
-    while len(head) < _LENGTH.size:
-        more = conn.recv(_LENGTH.size - len(head))
-        if not more:
-            raise ConnectionError("request cut short")
-        head += more
-    (length,) = _LENGTH.unpack(head)
-    body = bytearray()
-    while len(body) < length:
-        more = conn.recv(length - len(body))
-        if not more:
-            raise ConnectionError("request cut short")
-        body += more
+    (length,) = _LENGTH.unpack(_receive_exactly(conn, _LENGTH.size, head))
+    body = _receive_exactly(conn, length)
     if len(fds) != 3:
         raise ConnectionError(f"expected stdin, stdout and stderr, got {len(fds)} descriptors")
     return json.loads(body), fds
+
+
+def _receive_exactly(conn: socket.socket, size: int, start: bytes = b"") -> bytes:
+    """`size` bytes from `conn`, the first of them `start` (already received)."""
+    data = bytearray(start)
+    while len(data) < size:
+        more = conn.recv(size - len(data))
+        if not more:
+            raise ConnectionError("request cut short")
+        data += more
+    return bytes(data)
 
 
 def _reply(conn: socket.socket, message: dict) -> None:

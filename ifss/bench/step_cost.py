@@ -117,17 +117,17 @@ def method_overhead(ctx: Context) -> dict:
     method_of = {name: VARIANTS.get(name, (name,))[0] for name in names}
     step_of = {name: 0 if method in METHODS and METHODS[method].step0_only else 1
                for name, method in method_of.items()}
+    if 0 in step_of.values():
+        names.insert(1, FT_STEP0)
+        method_of[FT_STEP0], step_of[FT_STEP0] = "FT", 0
     table: dict[str, dict] = {}
     setups: dict[str, Setup] = {"FT": ctx.ft}
     table["FT"] = {"trains": True, "prepare_s": ctx.ft.prepare_s, "note": None,
                    "carried_state": ctx.ft.carried_state, "step": 1}
-    if 0 in step_of.values():
-        names.insert(1, FT_STEP0)
-        step_of[FT_STEP0] = 0
     for name in names:
         if name == "FT":
             continue
-        method, train = ("FT", None) if name == FT_STEP0 else VARIANTS.get(name, (name, None))
+        method, train = method_of[name], VARIANTS.get(name, (None, None))[1]
         if method not in METHODS:
             table[name] = {"trains": None, "note": f"{name} is not in the method registry yet"}
             continue
@@ -223,7 +223,7 @@ def method_overhead(ctx: Context) -> dict:
             # a miss explained: the target is below LWF's float32 floor (a bf16 teacher has
             # another floor, so its variants are not explained by LWF's)
             fp32_teacher = VARIANTS.get(name, (name, {}))[1].get("teacher_precision") != "bf16"
-            missed = entry["ratio"] is not None and entry["ratio"] > target[1] if target else False
+            missed = bool(target) and entry["ratio"] is not None and entry["ratio"] > target[1]
             if (missed and fp32_teacher and ref == "FT" and lwf is not None and name in setups
                     and setups[name].old_model is not None and lwf > target[1]):
                 note = note or (f"below the floor at this size: LWF, the frozen model's forward "
